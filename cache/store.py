@@ -1,0 +1,521 @@
+"""One zarr v3 feature store per (dataset, extractor configuration).
+
+Layout of a store (``ROOT/<dataset>/<extractor>/<key>.zarr``)::
+
+    zarr.json            group attributes: provenance, config, clip list, shape, dtype
+    features/            (N, T, D) array, chunk (1, T, D): one clip is one chunk, one write
+    status/              (N,) uint8, chunk (1,): 0 pending, 1 done, 2 failed
+    records/<id>.json    optional per-clip notes (padding, trimming) and failure reasons
+
+Why this shape:
+
+- A clip is one chunk, so a reader loads one clip, a split, or everything (as a dask array)
+  without touching the rest, and no two writers ever share a chunk.
+- A clip counts as done only once its ``status`` chunk says so, and that chunk is written
+  after the feature chunk. zarr >= 3.1.3 writes local chunks atomically (temp file, then
+  rename), so ``kill -9`` at any moment loses at most the clips in flight, and a half-written
+  clip is never read as done. Two processes that compute the same clip write identical
+  bytes to the same chunk through atomic renames: work is repeated, never corrupted.
+- The key hashes everything that changes the numbers (extractor config and storage dtype),
+  so two configurations never share a store and a rerun finds its own store again.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import logging
+import os
+import platform
+import socket
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import zarr
+
+from pipeline.errors import AvvpError, StoreError
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+PENDING, DONE, FAILED = 0, 1, 2
+#: How a store's numbers came to be. Only "extracted" with pretrained weights is real.
+KINDS = ("extracted", "random-init", "simulated", "imported")
+DTYPES = ("float32", "float16")
+
+
+class UnrealFeaturesWarning(UserWarning):
+    """Features from random weights or a simulation are being read."""
+
+
+def store_key(config: Mapping[str, Any], dtype: str) -> str:
+    """A 16-hex key over everything that changes a store's numbers."""
+    canonical = json.dumps({"config": config, "dtype": dtype}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def clips_digest(clip_ids: Sequence[str]) -> str:
+    """A short hash of a clip list: stores of one dataset share it."""
+    return hashlib.sha256("\n".join(clip_ids).encode()).hexdigest()[:16]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the numbers, for provenance."""
+    import importlib.metadata as md
+
+    versions = {}
+    for name in ("torch", "torchvision", "timm", "pretrainedmodels", "torchvggish", "numpy", "zarr", "decord", "librosa"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a new store holds: the caller's extractor identity and provenance."""
+
+    dataset: str
+    extractor: str  # registry name, e.g. "resnet152" (or a simulated/imported name)
+    modality: str  # "audio" | "visual-2d" | "visual-3d"
+    shape: tuple[int, int]  # (T, D) per clip
+    config: Mapping[str, Any]  # everything that changes the numbers (hashed into the key)
+    kind: str = "extracted"  # one of KINDS
+    dtype: str = "float32"
+    provenance: Mapping[str, Any] | None = None  # extra readable facts (weights file, source dir...)
+
+    def key(self) -> str:
+        return store_key(self.config, self.dtype)
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts))
+
+
+class FeatureStore:
+    """A handle on one store: write clips, read clips, report progress."""
+
+    def __init__(self, url: str, group: zarr.Group):
+        self.url = url
+        self.group = group
+        attrs = dict(group.attrs)
+        if attrs.get("avvp_store_format") != STORE_FORMAT:
+            raise StoreError(f"{url}: not an avvp-pipe feature store (expected avvp_store_format {STORE_FORMAT})")
+        self.attrs: dict[str, Any] = attrs
+        self.clip_ids: list[str] = list(attrs["clip_ids"])
+        self.index: dict[str, int] = {cid: i for i, cid in enumerate(self.clip_ids)}
+        self.splits: dict[str, str] = dict(attrs.get("splits", {}))
+        self._status_cache: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- identity
+    @property
+    def dataset(self) -> str:
+        return self.attrs["dataset"]
+
+    @property
+    def extractor(self) -> str:
+        return self.attrs["extractor"]
+
+    @property
+    def modality(self) -> str:
+        return self.attrs["modality"]
+
+    @property
+    def key(self) -> str:
+        return self.attrs["key"]
+
+    @property
+    def kind(self) -> str:
+        return self.attrs["kind"]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.attrs["shape"])  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> str:
+        return self.attrs["dtype"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.attrs["config"])
+
+    @property
+    def name(self) -> str:
+        """``<extractor>@<key>``: how a user names this store on the command line."""
+        return f"{self.extractor}@{self.key}"
+
+    @property
+    def is_real(self) -> bool:
+        """Whether the numbers come from pretrained weights (extracted or imported)."""
+        return self.kind in ("extracted", "imported")
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({self.url!r}, {self.name}, {self.kind}, shape={self.shape})"
+
+    # ---------------------------------------------------------------- status
+    def status(self, refresh: bool = True) -> np.ndarray:
+        """(N,) uint8 per-clip status: PENDING, DONE or FAILED."""
+        if refresh or self._status_cache is None:
+            self._status_cache = np.asarray(self.group["status"][:])
+        return self._status_cache
+
+    def done_ids(self) -> list[str]:
+        status = self.status()
+        return [cid for cid, s in zip(self.clip_ids, status) if s == DONE]
+
+    def pending(self, ids: Sequence[str] | None = None) -> list[str]:
+        """Clips not yet done (pending or failed), in the given order."""
+        status = self.status()
+        ids = self.clip_ids if ids is None else ids
+        return [cid for cid in ids if status[self._idx(cid)] != DONE]
+
+    def missing(self, ids: Sequence[str]) -> list[str]:
+        """Clips of ``ids`` whose features are not complete (or not in the store at all)."""
+        status = self.status()
+        return [cid for cid in ids if cid not in self.index or status[self.index[cid]] != DONE]
+
+    def progress(self) -> dict[str, dict[str, int]]:
+        """Done/failed/total per split (and overall)."""
+        status = self.status()
+        report: dict[str, dict[str, int]] = {}
+        for cid, st in zip(self.clip_ids, status):
+            for split in (self.splits.get(cid, "unsplit"), "all"):
+                row = report.setdefault(split, {"done": 0, "failed": 0, "total": 0})
+                row["total"] += 1
+                row["done"] += int(st == DONE)
+                row["failed"] += int(st == FAILED)
+        return report
+
+    def _idx(self, cid: str) -> int:
+        try:
+            return self.index[cid]
+        except KeyError:
+            raise StoreError(
+                f"{self.url}: clip {cid!r} is not in this store's clip list "
+                f"({len(self.clip_ids)} clips of dataset {self.dataset!r})"
+            ) from None
+
+    # ---------------------------------------------------------------- writing
+    def write_clips(self, ids: Sequence[str], features: np.ndarray | Sequence[np.ndarray],
+                    records: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """Write a batch of clips, data first, then their completion records.
+
+        ``features`` is (n, T, D) or a list of (T, D). The status chunks are written only
+        after every feature chunk of the batch is on storage.
+        """
+        if len(ids) == 0:
+            return
+        data = np.stack([np.asarray(f) for f in features]) if not isinstance(features, np.ndarray) else features
+        expected = (len(ids), *self.shape)
+        if data.shape != expected:
+            raise StoreError(f"{self.url}: expected features of shape {expected} but got {data.shape}")
+        if not np.isfinite(data).all():
+            bad = [ids[i] for i in np.flatnonzero(~np.isfinite(data).reshape(len(ids), -1).all(1))]
+            raise StoreError(f"{self.url}: non-finite features for clips {bad[:5]}")
+        idx = [self._idx(cid) for cid in ids]
+        if records:
+            for cid, record in records.items():
+                self._write_record(cid, record)
+        self.group["features"].set_orthogonal_selection((idx,), data.astype(self.dtype))
+        self.group["status"].set_orthogonal_selection((idx,), np.full(len(idx), DONE, np.uint8))
+        self._status_cache = None
+
+    def write_clip(self, cid: str, features: np.ndarray, record: Mapping[str, Any] | None = None) -> None:
+        self.write_clips([cid], features[None], {cid: record} if record else None)
+
+    def mark_failed(self, cid: str, reason: str) -> None:
+        """Record a clip that cannot be computed; a rerun tries it again."""
+        self._write_record(cid, {"status": "failed", "reason": reason, "time": time.time()})
+        self.group["status"][self._idx(cid)] = FAILED
+        self._status_cache = None
+
+    def clear(self, ids: Sequence[str] | None = None) -> int:
+        """Mark clips pending again (``--overwrite``); their data is rewritten later."""
+        ids = self.clip_ids if ids is None else list(ids)
+        idx = [self._idx(cid) for cid in ids]
+        if idx:
+            self.group["status"].set_orthogonal_selection((idx,), np.zeros(len(idx), np.uint8))
+        self._status_cache = None
+        return len(idx)
+
+    def _record_path(self, cid: str) -> str:
+        return _join(self.url, "records", f"{cid}.json")
+
+    def _write_record(self, cid: str, record: Mapping[str, Any]) -> None:
+        _atomic_write_bytes(self._record_path(cid), json.dumps(record, default=str).encode())
+
+    def record(self, cid: str) -> dict[str, Any] | None:
+        """The per-clip note or failure reason, if any was written."""
+        fs, path = fsspec.core.url_to_fs(self._record_path(cid))
+        if not fs.exists(path):
+            return None
+        return json.loads(fs.cat_file(path))
+
+    def failures(self) -> dict[str, str]:
+        status = self.status()
+        out = {}
+        for cid, st in zip(self.clip_ids, status):
+            if st == FAILED:
+                rec = self.record(cid) or {}
+                out[cid] = rec.get("reason", "unknown")
+        return out
+
+    # ---------------------------------------------------------------- reading
+    def _check_readable(self, ids: Sequence[str]) -> list[int]:
+        missing = self.missing(ids)
+        if missing:
+            raise StoreError(
+                f"{self.url}: {len(missing)} of {len(ids)} requested clips are not extracted "
+                f"(e.g. {', '.join(missing[:5])}); run `avvp-pipe extract` for them first"
+            )
+        if not self.is_real:
+            warnings.warn(f"{self.name} holds {self.kind} features, not pretrained ones", UnrealFeaturesWarning, stacklevel=3)
+        return [self.index[cid] for cid in ids]
+
+    def read(self, ids: Sequence[str] | None = None) -> np.ndarray:
+        """(n, T, D) float32 for complete clips; an incomplete clip is an error."""
+        ids = self.done_ids() if ids is None else list(ids)
+        idx = self._check_readable(ids)
+        return np.asarray(self.group["features"].get_orthogonal_selection((idx,)), dtype=np.float32)
+
+    def iter_blocks(self, ids: Sequence[str], block: int = 256) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Read a long clip list block by block, for reductions that must not hold it all."""
+        ids = list(ids)
+        self._check_readable(ids)
+        for start in range(0, len(ids), block):
+            part = ids[start : start + block]
+            idx = [self.index[c] for c in part]
+            yield part, np.asarray(self.group["features"].get_orthogonal_selection((idx,)), dtype=np.float32)
+
+    def to_dask(self, ids: Sequence[str] | None = None):
+        """A lazy (n, T, D) dask array over complete clips, one chunk per clip."""
+        import dask.array as da
+
+        ids = self.done_ids() if ids is None else list(ids)
+        idx = self._check_readable(ids)
+        return da.from_zarr(self.group["features"])[np.asarray(idx, dtype=np.int64)]
+
+    def size_bytes(self) -> int:
+        fs, path = fsspec.core.url_to_fs(self.url)
+        try:
+            return int(fs.du(path, total=True))
+        except (FileNotFoundError, NotImplementedError):
+            return 0
+
+    def summary(self) -> dict[str, Any]:
+        """A plain-data view for `cache ls`."""
+        prov = self.attrs.get("provenance", {})
+        return {
+            "url": self.url,
+            "name": self.name,
+            "dataset": self.dataset,
+            "extractor": self.extractor,
+            "modality": self.modality,
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "progress": self.progress(),
+            "size_bytes": self.size_bytes(),
+            "created": prov.get("created"),
+            "host": prov.get("host"),
+            "weights": prov.get("weights_identity", self.config.get("weights_identity")),
+        }
+
+
+def _atomic_write_bytes(url: str, data: bytes) -> None:
+    """Write a small file atomically: temp file then rename on local disks."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if getattr(fs, "protocol", None) in ("file", ("file", "local")) or fs.__class__.__name__ == "LocalFileSystem":
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    else:  # object stores write a key in one request; memory:// is in-process
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        fs.pipe_file(path, data)
+
+
+def store_url(root: str, dataset: str, extractor: str, key: str) -> str:
+    return _join(str(root), dataset, extractor, f"{key}.zarr")
+
+
+def _provenance(spec: StoreSpec) -> dict[str, Any]:
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "user": getpass.getuser() if hasattr(os, "getuid") else "",
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "random_init": spec.kind == "random-init",
+        "simulated": spec.kind == "simulated",
+        **dict(spec.provenance or {}),
+    }
+
+
+def open_or_create(root: str, spec: StoreSpec, clip_ids: Sequence[str],
+                   splits: Mapping[str, str] | None = None) -> FeatureStore:
+    """Open the store for ``spec`` under ``root``, creating it if needed.
+
+    Safe when several processes call it at once: creation is idempotent, and a store that
+    exists must have been made for the same clip list (else it is an error, since clips are
+    addressed by position).
+    """
+    if spec.kind not in KINDS:
+        raise AvvpError(f"store kind {spec.kind!r}: expected one of {', '.join(KINDS)}")
+    if spec.dtype not in DTYPES:
+        raise AvvpError(f"--dtype {spec.dtype!r}: expected one of {', '.join(DTYPES)}")
+    if len(set(clip_ids)) != len(clip_ids):
+        raise AvvpError(f"clip list for {spec.extractor} has duplicate ids")
+    key = spec.key()
+    url = store_url(root, spec.dataset, spec.extractor, key)
+    try:
+        existing = open_store(url)
+    except StoreError:
+        existing = None
+    if existing is not None:
+        if existing.attrs.get("clips_digest") != clips_digest(clip_ids):
+            raise StoreError(
+                f"{url}: store exists for a different clip list of dataset {spec.dataset!r} "
+                f"({len(existing.clip_ids)} clips, now {len(clip_ids)}); use another --dataset name"
+            )
+        return existing
+    attrs = {
+        "avvp_store_format": STORE_FORMAT,
+        "dataset": spec.dataset,
+        "extractor": spec.extractor,
+        "modality": spec.modality,
+        "key": key,
+        "kind": spec.kind,
+        "shape": list(spec.shape),
+        "dtype": spec.dtype,
+        "config": dict(spec.config),
+        "provenance": _provenance(spec),
+        "clips_digest": clips_digest(clip_ids),
+        "clip_ids": list(clip_ids),
+        "splits": dict(splits or {}),
+    }
+    n = len(clip_ids)
+    T, D = spec.shape
+    # Arrays first, group attributes last: a store whose creation was killed has no
+    # avvp_store_format attribute and is simply created again.
+    group = zarr.open_group(url, mode="a")
+    _ensure_array(group, "features", (n, T, D), (1, T, D), spec.dtype)
+    _ensure_array(group, "status", (n,), (1,), "uint8")
+    group.attrs.put(attrs)
+    log.info("created store %s", url)
+    return FeatureStore(url, zarr.open_group(url, mode="r+"))
+
+
+def _ensure_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str) -> None:
+    """Create an array unless a concurrent creator already made the same one.
+
+    Never ``overwrite=True`` on a matching array: another process may already be writing
+    clips into it. A leftover of a killed creation with another shape is replaced.
+    """
+    if name in group:
+        existing = group[name]
+        if existing.shape == shape and existing.chunks == chunks and str(existing.dtype) == dtype:
+            return
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, overwrite=True)
+        return
+    try:
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    except zarr.errors.ContainsArrayError:
+        pass  # created by a concurrent process between the check and here
+
+
+def open_store(url: str, mode: str = "r+") -> FeatureStore:
+    """Open an existing store by URL (local path or fsspec URL)."""
+    try:
+        group = zarr.open_group(url, mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as err:
+        raise StoreError(f"{url}: no feature store here ({type(err).__name__})") from None
+    if "avvp_store_format" not in group.attrs:
+        raise StoreError(f"{url}: not an avvp-pipe feature store (incomplete creation or another zarr group)")
+    return FeatureStore(url, group)
+
+
+def list_stores(root: str) -> list[FeatureStore]:
+    """Every store under ``root`` (``ROOT/<dataset>/<extractor>/<key>.zarr``)."""
+    fs, path = fsspec.core.url_to_fs(str(root))
+    if not fs.exists(path):
+        raise StoreError(f"{root}: cache folder not found")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    stores = []
+    for found in sorted(fs.glob(_join(path, "*", "*", "*.zarr"))):
+        url = found if protocol in ("file", "local") else f"{protocol}://{found.lstrip('/')}"
+        try:
+            stores.append(open_store(url, mode="r+"))
+        except StoreError as err:
+            log.warning("skipping %s: %s", url, err)
+    return stores
+
+
+def find_store(root: str, dataset: str, name: str) -> FeatureStore:
+    """The store named ``extractor`` or ``extractor@key`` (key prefix) of ``dataset``."""
+    extractor, _, key = name.partition("@")
+    candidates = [s for s in list_stores(root) if s.dataset == dataset and s.extractor == extractor
+                  and s.key.startswith(key)]
+    if not candidates:
+        known = sorted({f"{s.dataset}/{s.name}" for s in list_stores(root)}) if _exists(root) else []
+        raise StoreError(
+            f"no store for extractor {name!r} of dataset {dataset!r} under {root}"
+            + (f" (found: {', '.join(known)})" if known else "")
+        )
+    if len(candidates) > 1:
+        raise StoreError(
+            f"extractor {extractor!r} has {len(candidates)} stores in dataset {dataset!r} "
+            f"({', '.join(s.name for s in candidates)}); name one as EXTRACTOR@KEY"
+        )
+    return candidates[0]
+
+
+def _exists(root: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(str(root))
+    return fs.exists(path)
+
+
+def check_usable(stores: Sequence[FeatureStore], *, allow_random_init: bool = False,
+                 allow_simulated: bool = False) -> None:
+    """Refuse to mix datasets or to use unreal features unless the user said so."""
+    datasets = {(s.dataset, s.attrs.get("clips_digest")) for s in stores}
+    if len(datasets) > 1:
+        raise StoreError(
+            "stores come from different datasets: "
+            + ", ".join(f"{s.name} ({s.dataset})" for s in stores)
+        )
+    for store in stores:
+        if store.kind == "random-init" and not allow_random_init:
+            raise StoreError(f"{store.name} holds random-init features; pass --allow-random-init to use them")
+        if store.kind == "simulated" and not allow_simulated:
+            raise StoreError(f"{store.name} holds simulated features; pass --allow-simulated to use them")
+
+
+def verify(store: FeatureStore, ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """Read every done clip; unreadable or non-finite ones go back to pending.
+
+    Returns the ids put back, so the next `extract` recomputes exactly those.
+    """
+    ids = store.done_ids() if ids is None else [c for c in ids if c in set(store.done_ids())]
+    bad: dict[str, str] = {}
+    features = store.group["features"]
+    for cid in ids:
+        try:
+            clip = np.asarray(features[store.index[cid]])
+        except Exception as err:  # any decode/IO failure of one chunk marks that clip bad
+            bad[cid] = f"unreadable: {type(err).__name__}: {err}"
+            continue
+        if not np.isfinite(clip).all():
+            bad[cid] = "non-finite values"
+    if bad:
+        store.clear(list(bad))
+    return {"store": store.url, "checked": len(ids), "reset": bad}

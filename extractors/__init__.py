@@ -1,0 +1,1 @@
+"""Extractor registry: specs as data, one module per extractor family."""

@@ -1,0 +1,1 @@
+"""HAN, the MTSC loss and the official LLP metrics."""

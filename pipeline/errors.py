@@ -1,0 +1,46 @@
+"""Errors a user can act on, each with its own process exit code.
+
+The CLI turns any :class:`AvvpError` into one line on stderr and its ``exit_code``, so a
+script driving avvp-pipe can tell bad input from a partial failure from missing weights.
+Library code raises these (never ``assert``) so the check survives ``python -O``.
+"""
+
+from __future__ import annotations
+
+#: Exit codes, documented in the README.
+EXIT_OK = 0
+EXIT_PARTIAL = 1  # the run finished, but some clips or pairings failed (see the summary)
+EXIT_USAGE = 2  # click's own code for a bad option
+EXIT_INPUT = 3  # a file, clip, store or annotation is not what was expected
+EXIT_WEIGHTS = 4  # pretrained weights or an optional package are missing
+EXIT_INTERRUPTED = 130
+
+
+class AvvpError(Exception):
+    """Base class: a problem the user can fix; the message is shown as one line."""
+
+    exit_code = EXIT_INPUT
+
+
+class AnnotationError(AvvpError):
+    """An LLP annotation file is missing or malformed (the message names file and line)."""
+
+
+class StoreError(AvvpError):
+    """A feature store is missing, incomplete, or does not match what was asked for."""
+
+
+class ClipError(AvvpError):
+    """A clip cannot be decoded (missing, corrupt, no frames, decoder hang)."""
+
+
+class WeightsError(AvvpError):
+    """Pretrained weights or an optional package needed by an extractor are missing."""
+
+    exit_code = EXIT_WEIGHTS
+
+
+class PartialFailure(AvvpError):
+    """Work finished, but some units failed; their reasons are in the summary."""
+
+    exit_code = EXIT_PARTIAL

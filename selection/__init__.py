@@ -1,0 +1,1 @@
+"""Ranking audio x visual extractor pairings (the seed paper's upper bound, LogME)."""
