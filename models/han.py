@@ -294,7 +294,9 @@ def _read_state_dict(
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for a bad file
-            raise AvvpError(f"{path}: expected a torch.save'd state dict but it cannot be read ({err})") from err
+            raise AvvpError(
+                f"{path}: expected a torch.save'd state dict but it cannot be read ({err})"
+            ) from err
         if not isinstance(state, Mapping):
             raise AvvpError(f"{path}: expected a state dict (name -> tensor) but got {type(state).__name__}")
     for key, value in state.items():
@@ -314,7 +316,8 @@ def _drop_unused(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
     """Drop the released keys that forward never reads, saying which prefixes were dropped."""
     dropped = [p for p in UNUSED_OFFICIAL_PREFIXES if any(k.startswith(p) for k in state)]
     if dropped:
-        log.info("%s: ignoring keys never used by MMIL_Net.forward: %s", source, ", ".join(f"{p}*" for p in dropped))
+        prefixes = ", ".join(f"{p}*" for p in dropped)
+        log.info("%s: ignoring keys never used by MMIL_Net.forward: %s", source, prefixes)
     return {k: v for k, v in state.items() if not k.startswith(UNUSED_OFFICIAL_PREFIXES)}
 
 
@@ -325,7 +328,8 @@ def _infer_config(state: dict[str, Tensor], source: str) -> HANConfig:
         if key not in state:
             raise AvvpError(f"{source}: missing key '{key}', needed to infer HAN's sizes")
         if state[key].ndim != 2:
-            raise AvvpError(f"{source}: expected a 2-d weight at '{key}' but got shape {tuple(state[key].shape)}")
+            got = tuple(state[key].shape)
+            raise AvvpError(f"{source}: expected a 2-d weight at '{key}' but got shape {got}")
         return state[key].shape
 
     d_model, audio_dim = shape("fc_a.weight")

@@ -94,7 +94,11 @@ def mtsc_target(za: Tensor, zv: Tensor, *, decay: float = 5.0, anchor: Anchor = 
 
 
 def time_lag(
-    seconds: int, decay: float, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    seconds: int,
+    decay: float,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """W (T, T): 1 / |i - j| ** decay off the diagonal, 0 on it (where Eq. 6 is undefined).
 

@@ -86,19 +86,23 @@ def write_mp4(
     sample_rate: int = 44100,
     *,
     crf: int = 23,
+    preset: str = "veryfast",
 ) -> None:
     """Write RGB ``frames`` (each HxWx3 uint8) and optional mono ``audio`` as an MP4.
 
     The file appears atomically (temp file in the same folder, then ``os.replace``), so a
     reader never sees a half-written clip. Frame k gets pts k in time base 1/fps (exact
-    rational), so ``n`` frames last exactly ``n / fps`` seconds.
+    rational), so ``n`` frames last exactly ``n / fps`` seconds. ``preset`` is x264's; the
+    default keeps B-frames (as real LLP clips have) while writing a 10 s 320x240 clip in
+    well under a second.
     """
     path = Path(path)
     rate = fps_fraction(fps)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
     os.close(fd)
     try:
-        _write(tmp, frames, rate, audio, sample_rate, crf)
+        _write(tmp, frames, rate, audio, sample_rate, crf, preset)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a clip should be readable like any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -106,7 +110,7 @@ def write_mp4(
         raise
 
 
-def _write(tmp: str, frames, rate: Fraction, audio, sample_rate: int, crf: int) -> None:
+def _write(tmp: str, frames, rate: Fraction, audio, sample_rate: int, crf: int, preset: str) -> None:
     with av.open(tmp, mode="w", format="mp4") as container:
         video = None
         size = None
@@ -121,8 +125,7 @@ def _write(tmp: str, frames, rate: Fraction, audio, sample_rate: int, crf: int) 
                 video.pix_fmt = "yuv420p"
                 video.time_base = 1 / rate
                 video.codec_context.time_base = 1 / rate
-                # veryfast keeps a 10 s 320x240 clip well under a second; quality is set by crf.
-                video.options = {"crf": str(crf), "preset": "veryfast"}
+                video.options = {"crf": str(crf), "preset": preset}
             vframe = av.VideoFrame.from_ndarray(frame, format="rgb24")
             vframe.pts = n_written
             vframe.time_base = 1 / rate

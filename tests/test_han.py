@@ -21,6 +21,8 @@ from models.han import HAN, HANConfig, load_official_han, per_second_mean
 from pipeline.errors import AvvpError, WeightsError
 
 B, T, FPS, K = 2, 10, 8, 25
+# llp-facts.md section 3: present in the release, never used by forward.
+UNUSED = ("hat_encoder.norm1.", "hat_encoder.norm2.", "audio_encoder.", "visual_encoder.", "cmt_encoder.")
 
 # ---------------------------------------------------------------- reference (the release)
 
@@ -126,7 +128,8 @@ def official_state_dict(seed: int = 0) -> dict[str, Tensor]:
     sd = {}
     for key, shape in official_shapes().items():
         noise = torch.randn(shape, generator=gen)
-        sd[key] = 1.0 + 0.1 * noise if key.endswith("norm1.weight") or key.endswith("norm2.weight") else 0.03 * noise
+        is_norm_gain = key.endswith(("norm1.weight", "norm2.weight"))
+        sd[key] = 1.0 + 0.1 * noise if is_norm_gain else 0.03 * noise
     return sd
 
 
@@ -168,16 +171,19 @@ def test_loads_from_a_file_with_a_dataparallel_prefix(tmp_path):
     model = load_official_han(path)
     audio, visual, visual_3d = _inputs()
     with torch.no_grad():
-        torch.testing.assert_close(model(audio, visual, visual_3d)[0], reference_mmil_net(sd, audio, visual, visual_3d)[0], atol=1e-5, rtol=0)
+        got = model(audio, visual, visual_3d)
+        want = reference_mmil_net(sd, audio, visual, visual_3d)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
 
 
 def test_unused_official_keys_are_ignored_with_a_note(caplog):
     sd = official_state_dict()
-    used_only = {k: v for k, v in sd.items() if not k.startswith(("audio_encoder", "visual_encoder", "cmt_encoder", "hat_encoder.norm"))}
+    used_only = {k: v for k, v in sd.items() if not k.startswith(UNUSED)}
     with caplog.at_level(logging.INFO, logger="models.han"):
         full = load_official_han(sd)
     note = caplog.text
-    for prefix in ("hat_encoder.norm1.", "hat_encoder.norm2.", "audio_encoder.", "visual_encoder.", "cmt_encoder."):
+    for prefix in UNUSED:
         assert prefix in note
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="models.han"):
@@ -246,7 +252,7 @@ def test_parameter_count_at_the_released_sizes():
 
 
 def test_our_keys_are_the_released_used_keys():
-    used = {k for k in official_shapes() if not k.startswith(("audio_encoder", "visual_encoder", "cmt_encoder", "hat_encoder.norm"))}
+    used = {k for k in official_shapes() if not k.startswith(UNUSED)}
     assert set(HAN().state_dict()) == used
 
 
@@ -345,7 +351,8 @@ def test_the_mtsc_head_is_the_visual_head_and_feeds_han():
         assert not torch.allclose(out[2], plain(audio, visual, visual_3d)[2])
         a, v = with_g.project(audio, visual, visual_3d)
         torch.testing.assert_close(a, plain.project(audio, visual, visual_3d)[0])
-        by_hand = with_g.heads(*with_g.encode(a, v @ with_g.visual_head.weight.T + with_g.visual_head.bias))
+        g_v = v @ with_g.visual_head.weight.T + with_g.visual_head.bias  # (B, T, d)
+        by_hand = with_g.heads(*with_g.encode(a, g_v))
         for got, want in zip(out, by_hand):
             torch.testing.assert_close(got, want)
 

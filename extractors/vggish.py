@@ -1,0 +1,124 @@
+"""VGGish (torchvggish port of the AudioSet VGGish): the official LLP audio stream.
+
+Ten 1-s pieces of 16 kHz mono audio -> ten 96x64 log-mel examples -> the 128-d output of
+the last fc after its ReLU (10 x 128), without the PCA/quantisation postprocessing, as the
+official features. ``pca=True`` adds torchvggish's PCA + 8-bit quantisation (the AudioSet
+release format; values 0..255 as float32) in ``finalize``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from extractors import preprocess, weights
+from extractors.base import Extractor
+from extractors.registry import ExtractorSpec, register
+
+_RELEASE = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
+
+SPEC = ExtractorSpec(
+    name="vggish",
+    modality="audio",
+    family="vggish",
+    out_frames=10,
+    out_dim=128,
+    # torchvggish.vggish_params, plus the LLP cut into 1-s pieces (one example each).
+    input={
+        "sample_rate": 16000,
+        "mono": True,
+        "window_s": 0.025,
+        "hop_s": 0.010,
+        "n_mels": 64,
+        "fmin": 125.0,
+        "fmax": 7500.0,
+        "log_offset": 0.01,
+        "example_s": 0.96,
+        "piece_s": 1.0,
+        "pieces": 10,
+    },
+    weights={
+        "library": "torchvggish",
+        "id": "vggish (AudioSet, harritaylor/torchvggish v0.1)",
+        "file": "vggish-10086976.pth",
+        "url": _RELEASE + "vggish-10086976.pth",
+        "sha256_prefix": "10086976",
+        "extra": {
+            "pca": {
+                "library": "torchvggish",
+                "file": "vggish_pca_params-970ea276.pth",
+                "url": _RELEASE + "vggish_pca_params-970ea276.pth",
+                "sha256_prefix": "970ea276",
+            },
+        },
+    },
+    output_layer="embeddings.5: 128-d last fc after ReLU (no PCA unless pca=True)",
+    requires=("torchvggish", "resampy", "soundfile"),
+    licence="Apache-2.0 (VGGish model and weights, Google; torchvggish port)",
+    options={"pca": False},
+    description="AudioSet VGGish, 1-s log-mel examples; the official LLP audio features.",
+)
+
+
+class VggishExtractor(Extractor):
+    """Log-mel in prepare, the VGG in embed, optional PCA/quantisation in finalize."""
+
+    sampling_rule = "audio_16k cut into 10 non-overlapping 1-s pieces; first 0.96-s example of each"
+
+    def __init__(self, spec: ExtractorSpec, model: torch.nn.Module, *, pca_params: dict | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(spec, model, **kwargs)
+        self._pca = pca_params  # {"matrix": (128, 128), "means": (128, 1)} float64, or None
+
+    def prepare(self, clip: Any) -> torch.Tensor:
+        inp = self.spec.input
+        n_samples = int(inp["pieces"] * inp["piece_s"] * inp["sample_rate"])
+        audio = self._clip_audio(clip, "audio_16k", n_samples)  # (160000,)
+        return preprocess.vggish_examples(audio, inp)  # (10, 1, 96, 64)
+
+    def finalize(self, emb: torch.Tensor) -> np.ndarray:
+        out = self._check_emb(emb)  # (10, 128)
+        if self._pca is None:
+            return out
+        return pca_quantise(out, self._pca["matrix"], self._pca["means"])
+
+
+def pca_quantise(emb: np.ndarray, matrix: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """torchvggish's Postprocessor: PCA (with whitening), clip to [-2, 2], 8-bit quantise."""
+    pca = (matrix @ (emb.T.astype(np.float64) - means)).T  # (n, 128)
+    clipped = np.clip(pca, -2.0, 2.0)
+    return np.round((clipped + 2.0) * (255.0 / 4.0)).astype(np.float32)  # (n, 128) in 0..255
+
+
+def _architecture() -> torch.nn.Module:
+    from torchvggish.torchvggish import VGG, make_layers
+
+    return VGG(make_layers(), postprocess=False)
+
+
+def _load_pca(weights_dir: Path | None) -> tuple[dict, str]:
+    """torchvggish's PCA params file -> (matrices, identity)."""
+    entry = SPEC.weights["extra"]["pca"]
+    path = weights.fetch(SPEC.name, entry, weights_dir)
+    params = weights.load_state_dict(path)
+    matrix = np.asarray(params["pca_eigen_vectors"], dtype=np.float64)
+    means = np.asarray(params["pca_means"], dtype=np.float64).reshape(-1, 1)
+    return {"matrix": matrix, "means": means}, weights.file_identity(path, entry["sha256_prefix"])
+
+
+def build(spec: ExtractorSpec, *, device: torch.device, weights_dir: Path | None, random_init: bool,
+          pca: bool = False) -> VggishExtractor:
+    """The VGGish extractor; ``pca`` needs the PCA params file even with random weights."""
+    model, identity = weights.build_model(spec, _architecture, weights_dir=weights_dir, random_init=random_init)
+    pca_params = None
+    if pca:
+        pca_params, pca_identity = _load_pca(weights_dir)
+        identity = f"{identity}+pca:{pca_identity}"
+    return VggishExtractor(spec, model, device=device, options={"pca": pca}, random_init=random_init,
+                           weights_identity=identity, pca_params=pca_params)
+
+
+register(SPEC, build)

@@ -1,0 +1,602 @@
+"""Decode an LLP clip into exactly the 80 frames and the audio the official features saw.
+
+Frame choice. The official features ran ``ffmpeg -i clip.mp4 -r 8 %06d.jpg`` (80-82 JPEGs
+for 10 s) and kept the JPEGs at ``np.round(np.linspace(0, n_jpegs - 1, 80))``. With ``-r``
+as an output option and an image2 output, ffmpeg converts the rate with its CFR "vsync"
+logic (``do_video_out`` in 3.x-6.0, ``video_sync_process`` later; no fps filter is used):
+
+* each decoded frame's timestamp, relative to the file's start time, is rescaled to the
+  output time base 1/8 s (``float_pts``, with 16 extra bits of precision, then nudged by
+  2**-17 away from zero; a frame at exactly 0 becomes -2**-17);
+* ``delta0 = float_pts - next_output_slot``, ``delta = delta0 + duration`` where
+  ``duration`` is one source frame in output slots (``8 / fps``); ffmpeg 3.x/4.x (read
+  in their sources; probably up to 6.0) replace it by the packet duration rounded with
+  ``lrintf`` when that is > 0, i.e. by 1 for sources under 16 fps, while 6.1.1 (read in a
+  port of its code) and 9.0.2 (run here) keep the fraction. ``legacy_ffmpeg`` picks the
+  former (the LLP features date from 2020); the two differ only under 16 fps;
+* the frame is dropped when ``delta < -1.1``, written once when ``-1.1 <= delta <= 1.1``,
+  and written ``lrintf(delta)`` times when ``delta > 1.1`` (the first ``lrintf(delta0 - 0.6)``
+  of those repeat the previous frame).
+
+That is why JPEGs 0 and 1 are source frames 0 and 1 and later JPEGs lag k/8 s by about
+1.1-1.4 output slots instead of being the frames nearest k/8 s. :func:`ffmpeg_rate_jpegs`
+replays this logic on the stream's real timestamps (read by demuxing, no decoding). It
+reproduces all 82 official JPEGs of the real clip, and matched a real ffmpeg 9.0.2 binary
+frame for frame on synthetic clips at 8.5-30 fps (legacy_ffmpeg=False there). libavfilter's
+``fps`` filter (nearest-frame rounding) picks different frames, so it is no substitute.
+
+Decoding. Frames come from decord (``VideoReader.get_batch`` on only the chosen indices);
+audio from PyAV (4x faster than decord's AudioReader here, and decord's mono downmix sums
+channels at 0.707 each, which can exceed [-1, 1]), averaged to mono and resampled with soxr.
+Decord is unmaintained and can hang or leak, so by default all decoding runs in a
+persistent worker process (one per calling thread, living until that thread calls
+:func:`shutdown_worker` or Python exits) that is killed when a clip takes longer than
+``timeout_s`` and recycled every :data:`_RECYCLE_AFTER` clips.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import AvvpError, ClipError
+
+#: Audio rates a DecodedClip carries (VGGish-style 16 kHz, PANNs/CLAP-style 48 kHz).
+AUDIO_RATES = (16000, 48000)
+#: Padding or trimming shorter than this is not recorded in ``notes`` (AAC frames end up to
+#: ~23 ms past the nominal length in every clip; that is not worth a note).
+_NOTE_TOLERANCE_S = 0.05
+#: A worker process decodes at most this many clips before it is replaced (bounds leaks).
+_RECYCLE_AFTER = 200
+#: Seconds a fresh worker may take to import numpy/decord/av before it counts as broken.
+_STARTUP_TIMEOUT_S = 120.0
+
+AV_TIME_BASE = 1_000_000
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    """One clip as the extractors see it (shapes for the defaults: 80 frames, 10 s)."""
+
+    clip_id: str  # 11-char YouTube id (first 11 chars of the file stem)
+    path: str
+    frames: np.ndarray  # (80, H, W, 3) uint8 RGB at source resolution
+    frame_index: np.ndarray  # (80,) int64 source frame indices (presentation order)
+    frame_time: np.ndarray  # (80,) float64 seconds from the file's start
+    audio_16k: np.ndarray | None  # (160000,) float32 mono; None if not requested / no audio
+    audio_48k: np.ndarray | None  # (480000,) float32 mono; likewise
+    source_fps: float
+    n_source_frames: int
+    duration: float  # seconds of the source video stream
+    has_audio: bool
+    notes: tuple[str, ...]  # defined-behaviour records ("video padded 9.50s->10s", ...)
+
+
+# ----------------------------------------------------------------------------------------
+# Frame selection: ffmpeg's `-r` CFR logic, replayed on timestamps.
+
+
+def _rescale(a: int, b: Fraction, c: Fraction) -> int:
+    """``av_rescale_q(a, b, c)``: a * b / c rounded to nearest, halves away from zero."""
+    num = a * b.numerator * c.denominator
+    den = b.denominator * c.numerator
+    q, r = divmod(abs(num), den)
+    if 2 * r >= den:
+        q += 1
+    return q if num >= 0 else -q
+
+
+def _lrintf(x: float) -> int:
+    """C ``lrintf``: round a float32 to nearest, ties to even (the default FP mode)."""
+    return int(np.rint(np.float32(x)))
+
+
+def _float_pts(pts: int, time_base: Fraction, enc_tb: Fraction) -> float:
+    """ffmpeg's ``float_pts``: pts in output slots with 16 extra bits, nudged off midpoints."""
+    extra_bits = min(max(29 - (enc_tb.denominator.bit_length() - 1), 0), 16)
+    fine_tb = Fraction(enc_tb.numerator, enc_tb.denominator << extra_bits)
+    value = _rescale(pts, time_base, fine_tb) / (1 << extra_bits)
+    return value + (1.0 if value > 0 else -1.0) / (1 << 17)
+
+
+def ffmpeg_rate_jpegs(
+    pts: Sequence[int] | np.ndarray,
+    time_base: Fraction,
+    frame_rate: Fraction | float,
+    *,
+    out_fps: float = 8.0,
+    pkt_durations: Sequence[int] | np.ndarray | None = None,
+    single_stream: bool = False,
+    legacy_ffmpeg: bool = True,
+) -> np.ndarray:
+    """Source frame index of each image ``ffmpeg -i clip -r out_fps %06d.jpg`` writes.
+
+    ``pts`` are the video frames' presentation timestamps in ``time_base`` units, already
+    shifted so the file starts at 0 (ffmpeg subtracts the input's start time), in
+    presentation order. ``frame_rate`` is the stream's guessed rate (what ffmpeg gives the
+    filter graph). ``single_stream`` selects ffmpeg's VSCFR variant (input with one stream).
+    ``legacy_ffmpeg`` rounds each packet's duration to whole output slots as ffmpeg 3.x/4.x
+    did (the LLP features date from 2020); it only matters for sources under 16 fps.
+    """
+    enc_tb = 1 / Fraction(out_fps).limit_denominator(1001)  # -r 8 -> encoder time base 1/8
+    rate = Fraction(frame_rate).limit_denominator(1_000_000)
+    # One source frame in output slots, capped at one slot because -r is set.
+    base_duration = min(1.0 / (float(rate) * float(enc_tb)), 1.0)
+    out: list[int] = []
+    sync_opts, frame_number, last = 0, 0, -1
+    last_nb0 = [0, 0, 0]
+    for i, p in enumerate(pts):
+        duration = base_duration
+        if legacy_ffmpeg and pkt_durations is not None:
+            pkt = _lrintf(float(pkt_durations[i]) * float(time_base) / float(enc_tb))
+            duration = float(pkt) if pkt > 0 else duration
+        sync_ipts = _float_pts(int(p), time_base, enc_tb)
+        delta0 = sync_ipts - sync_opts  # drift of this frame from the next output slot
+        delta = delta0 + duration
+        nb0, nb = 0, 1
+        if delta0 < 0 < delta:  # frame straddles the slot: clip it (delta is NOT recomputed)
+            sync_ipts = float(sync_opts)
+            duration += delta0
+            delta0 = 0.0
+        if single_stream and frame_number == 0 and delta0 >= 0.5:  # VSCFR: no initial dups
+            delta, delta0 = duration, 0.0
+            sync_opts = int(np.rint(sync_ipts))
+        if delta < -1.1:
+            nb = 0
+        elif delta > 1.1:
+            nb = _lrintf(delta)
+            if delta0 > 1.1:
+                nb0 = _lrintf(delta0 - 0.6)
+        nb0 = min(nb0, nb)
+        last_nb0 = [nb0] + last_nb0[:2]
+        for k in range(nb):
+            out.append(last if (k < nb0 and last >= 0) else i)
+            sync_opts += 1
+            frame_number += 1
+        last = i
+    flush = sorted(last_nb0)[1]  # mid_pred: at EOF ffmpeg repeats the median recent dup count
+    out.extend([last] * flush if last >= 0 else [])
+    return np.asarray(out, dtype=np.int64)
+
+
+def select_jpeg_positions(n_jpegs: int, n_out: int = 80) -> np.ndarray:
+    """The official choice of ``n_out`` of ``n_jpegs`` images (np.round: ties to even)."""
+    return np.round(np.linspace(0, n_jpegs - 1, n_out)).astype(np.int64)
+
+
+def _pad_jpegs(jpegs: np.ndarray, n_out: int) -> np.ndarray:
+    """Repeat the last image until there are ``n_out`` (a clip shorter than 10 s)."""
+    if len(jpegs) >= n_out:
+        return jpegs
+    return np.concatenate([jpegs, np.full(n_out - len(jpegs), jpegs[-1], dtype=np.int64)])
+
+
+def official_frame_indices(
+    n_source_frames: int, source_fps: float, *, out_fps: float = 8.0, n_out: int = 80,
+    legacy_ffmpeg: bool = True,
+) -> np.ndarray:
+    """Source frame indices of the official features for a constant-rate clip.
+
+    Assumes frame k is at k / source_fps from the file start (an MP4 from ffmpeg with the
+    video starting at 0). For real files :func:`decode_clip` uses the stream's actual
+    timestamps instead. Fewer than ``n_out`` images (a short clip) repeat the last one.
+    """
+    if n_source_frames < 1:
+        raise ValueError(f"Expected n_source_frames >= 1 but got {n_source_frames}")
+    rate = Fraction(source_fps).limit_denominator(1001)
+    ticks = np.arange(n_source_frames)  # pts in time base 1/rate; each frame lasts 1 tick
+    jpegs = ffmpeg_rate_jpegs(ticks, 1 / rate, rate, out_fps=out_fps, pkt_durations=np.ones_like(ticks),
+                              legacy_ffmpeg=legacy_ffmpeg)
+    jpegs = _pad_jpegs(jpegs, n_out)
+    return jpegs[select_jpeg_positions(len(jpegs), n_out)]
+
+
+# ----------------------------------------------------------------------------------------
+# Reading the stream's timestamps (demux only) and the audio (PyAV).
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """What ffmpeg's rate conversion needs to know about the video stream."""
+
+    pts: np.ndarray  # (N,) int64, presentation order, shifted so the file starts at 0
+    durations: np.ndarray  # (N,) int64 packet durations (0 when unknown)
+    time_base: Fraction
+    frame_rate: Fraction
+    n_streams: int
+    duration: float  # seconds of the video stream
+    has_audio: bool
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """A library's error text on one short line (decord's span several with timestamps)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _open_av(path: str):
+    import av
+
+    try:
+        return av.open(path)
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise ClipError(f"{path}: expected a readable video file but could not open it ({_one_line(err)})") from err
+
+
+def _read_timeline(path: str) -> _Timeline:
+    """Demux (no decoding) the video packets' timestamps, as ffmpeg's input side sees them."""
+    import av
+
+    with _open_av(path) as container:
+        if not container.streams.video:
+            raise ClipError(f"{path}: expected a video stream but found none")
+        stream = container.streams.video[0]
+        tb = Fraction(stream.time_base)
+        start_us = container.start_time or 0
+        # ffmpeg shifts every input timestamp by -start_time (rounded to the stream's base).
+        offset = _rescale(-start_us, Fraction(1, AV_TIME_BASE), tb)
+        packets = []
+        try:
+            for pkt in container.demux(stream):
+                if pkt.pts is not None and pkt.size > 0:
+                    packets.append((pkt.pts + offset, pkt.duration or 0))
+        except av.FFmpegError as err:
+            raise ClipError(f"{path}: corrupt video stream ({_one_line(err)})") from err
+        if not packets:
+            raise ClipError(f"{path}: expected video frames but the stream has none")
+        packets.sort()
+        pts = np.array([p for p, _ in packets], dtype=np.int64)
+        durations = np.array([d for _, d in packets], dtype=np.int64)
+        rate = stream.guessed_rate or stream.average_rate or _rate_from_pts(pts, tb)
+        if stream.duration:
+            duration = float(stream.duration * tb)
+        else:
+            duration = float((pts[-1] - pts[0] + max(int(durations[-1]), 0)) * tb)
+        return _Timeline(pts, durations, tb, Fraction(rate), len(container.streams),
+                         duration, bool(container.streams.audio))
+
+
+def _rate_from_pts(pts: np.ndarray, tb: Fraction) -> Fraction:
+    """Median frame spacing as a rate, for streams that declare none."""
+    step = float(np.median(np.diff(pts))) if len(pts) > 1 else 0.0
+    if step <= 0:
+        return Fraction(25)  # ffmpeg's own default when a rate cannot be guessed
+    return Fraction(1 / (step * float(tb))).limit_denominator(1001)
+
+
+def _read_audio(path: str, seconds: float, rates: Sequence[int]) -> tuple[dict[int, np.ndarray], float]:
+    """Decode the first audio stream to mono at each rate, padded/trimmed to ``seconds``.
+
+    Samples are concatenated in decode order (what ``ffmpeg -i clip.mp4 out.wav`` does;
+    LLP packet timestamps jitter by +-45 samples around contiguous 1024-sample frames).
+    Returns the per-rate arrays and the source audio length in seconds.
+    """
+    import av
+    import soxr
+
+    with _open_av(path) as container:
+        stream = container.streams.audio[0]
+        native = stream.codec_context.sample_rate
+        need = int(math.ceil(seconds * native)) + 1024  # a little beyond, for the resampler
+        chunks, total = [], 0
+        try:
+            for frame in container.decode(stream):
+                x = frame.to_ndarray()  # (channels, n) planar or (1, n*channels) packed
+                x = x.reshape(-1, frame.samples) if frame.format.is_planar else x.reshape(frame.samples, -1).T
+                chunks.append(_to_float(x).mean(axis=0))  # (n,) mono: mean of channels
+                total += frame.samples
+        except av.FFmpegError as err:
+            raise ClipError(f"{path}: corrupt audio stream ({_one_line(err)})") from err
+    mono = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)  # (total,)
+    source_seconds = total / native
+    mono = mono[:need]
+    out = {}
+    for rate in rates:
+        y = soxr.resample(mono, native, rate, quality="HQ") if rate != native else mono
+        out[rate] = _fit_length(np.asarray(y, dtype=np.float32), int(round(seconds * rate)))
+    return out, source_seconds
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    """Samples as float32 in [-1, 1] whatever the codec's sample format (AAC gives float)."""
+    if x.dtype == np.uint8:
+        return (x.astype(np.float32) - 128.0) / 128.0
+    if np.issubdtype(x.dtype, np.integer):
+        return x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
+    return x.astype(np.float32, copy=False)
+
+
+def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """Trim to the first ``n`` samples or pad with zeros to ``n``."""
+    if len(x) >= n:
+        return np.ascontiguousarray(x[:n])
+    return np.concatenate([x, np.zeros(n - len(x), dtype=x.dtype)])
+
+
+# ----------------------------------------------------------------------------------------
+# The decode itself (runs in the worker process unless timeout_s is None).
+
+
+def _select(tl: _Timeline, path: str, n_frames: int, out_fps: float, seconds: float,
+            legacy_ffmpeg: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Source indices of the ``n_frames`` frames, plus notes on trimming/padding."""
+    notes = []
+    limit = _rescale(int(round(seconds * AV_TIME_BASE)), Fraction(1, AV_TIME_BASE), tl.time_base)
+    kept = int(np.searchsorted(tl.pts, limit, side="left"))  # frames starting before `seconds`
+    if kept == 0:
+        raise ClipError(f"{path}: expected video frames in the first {seconds:g}s but the first starts later")
+    if kept < len(tl.pts):
+        notes.append(f"video trimmed {tl.duration:.2f}s->{seconds:g}s")
+    jpegs = ffmpeg_rate_jpegs(tl.pts[:kept], tl.time_base, tl.frame_rate, out_fps=out_fps,
+                              pkt_durations=tl.durations[:kept], single_stream=tl.n_streams == 1,
+                              legacy_ffmpeg=legacy_ffmpeg)
+    if len(jpegs) < n_frames:
+        notes.append(f"video padded {tl.duration:.2f}s->{seconds:g}s "
+                     f"({n_frames - len(jpegs)} of {n_frames} frames repeat the last)")
+    jpegs = _pad_jpegs(jpegs, n_frames)
+    return jpegs[select_jpeg_positions(len(jpegs), n_frames)], notes
+
+
+def _decode_frames(path: str, indices: np.ndarray, n_expected: int) -> np.ndarray:
+    """Decode only the chosen frames with decord; release the reader at once (it leaks)."""
+    import decord
+
+    unique, inverse = np.unique(indices, return_inverse=True)
+    reader = None
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0))
+        if len(reader) < unique[-1] + 1:
+            raise ClipError(f"{path}: expected {n_expected} video frames but decord found {len(reader)}")
+        frames = reader.get_batch(unique.tolist()).asnumpy()  # (U, H, W, 3) uint8 RGB
+    except decord.DECORDError as err:
+        raise ClipError(f"{path}: decord could not decode the video ({_one_line(err)})") from err
+    finally:
+        del reader
+    return frames[inverse]  # (n_frames, H, W, 3)
+
+
+def _decode_local(path: str, n_frames: int, out_fps: float, seconds: float,
+                  audio_rates: tuple[int, ...], legacy_ffmpeg: bool = True) -> DecodedClip:
+    """Decode in this process (no time limit)."""
+    tl = _read_timeline(path)
+    indices, notes = _select(tl, path, n_frames, out_fps, seconds, legacy_ffmpeg)
+    frames = _decode_frames(path, indices, len(tl.pts))
+    frame_time = tl.pts[indices].astype(np.float64) * float(tl.time_base)  # (n_frames,)
+    audio: dict[int, np.ndarray] = {}
+    if not tl.has_audio:
+        notes.append("no audio stream")
+    elif audio_rates:
+        audio, source_seconds = _read_audio(path, seconds, audio_rates)
+        if source_seconds < seconds - _NOTE_TOLERANCE_S:
+            notes.append(f"audio padded {source_seconds:.2f}s->{seconds:g}s")
+        elif source_seconds > seconds + _NOTE_TOLERANCE_S:
+            notes.append(f"audio trimmed {source_seconds:.2f}s->{seconds:g}s")
+    return DecodedClip(
+        clip_id=Path(path).stem[:11], path=path, frames=frames, frame_index=indices,
+        frame_time=frame_time, audio_16k=audio.get(16000), audio_48k=audio.get(48000),
+        source_fps=float(tl.frame_rate), n_source_frames=len(tl.pts), duration=tl.duration,
+        has_audio=tl.has_audio, notes=tuple(notes),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Watchdog: a persistent worker process per calling thread, killed on timeout.
+#
+# The worker is a plain ``python -c`` subprocess talking over two OS pipes with
+# multiprocessing's Connection framing, not a multiprocessing.Process: spawn would re-run
+# the caller's ``__main__`` (breaking scripts without a main guard) and daemonic processes
+# (dask workers) may not start multiprocessing children at all.
+
+_WORKER_CODE = (
+    "import sys, json; sys.path[:0] = json.loads(sys.argv[3]); "
+    "from pipeline.decode import _worker_main; _worker_main(int(sys.argv[1]), int(sys.argv[2]))"
+)
+
+
+def _worker_main(read_fd: int, write_fd: int) -> None:
+    """Worker loop: run ``fn(*args)`` per request, answer ("ok"|"err", payload); EOF ends it."""
+    from multiprocessing.connection import Connection
+
+    import av  # noqa: F401 - import now so a clip's time limit does not include imports
+    import decord  # noqa: F401
+    import soxr  # noqa: F401
+
+    requests, replies = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    replies.send(("ready", None))
+    while True:
+        try:
+            fn, args = requests.recv()
+        except EOFError:  # the parent closed its end or exited
+            return
+        try:
+            replies.send(("ok", fn(*args)))
+        except AvvpError as err:
+            replies.send(("err", err))
+        except Exception as err:  # noqa: BLE001 - reported to the parent as a ClipError
+            replies.send(("err", ClipError(f"{args[0] if args else '?'}: {type(err).__name__}: {_one_line(err)}")))
+
+
+class _Worker:
+    """One worker subprocess and its pipes; ``call`` kills it when a request overruns."""
+
+    def __init__(self) -> None:
+        from multiprocessing.connection import Connection
+
+        req_r, req_w = os.pipe()  # parent -> worker
+        rep_r, rep_w = os.pipe()  # worker -> parent
+        paths = json.dumps([p for p in sys.path if isinstance(p, str)])
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CODE, str(req_r), str(rep_w), paths],
+                pass_fds=(req_r, rep_w), stdin=subprocess.DEVNULL, close_fds=True,
+            )
+        except OSError as err:
+            os.close(req_w)
+            os.close(rep_r)
+            raise ClipError(f"could not start a decode worker ({_one_line(err)})") from err
+        finally:
+            os.close(req_r)  # the worker's ends; the parent keeps only its own
+            os.close(rep_w)
+        self.requests = Connection(req_w, readable=False)
+        self.replies = Connection(rep_r, writable=False)
+        self.calls = 0
+        _ALL_WORKERS.add(self)
+        if not self._poll(_STARTUP_TIMEOUT_S):
+            self.kill()
+            raise ClipError(f"decode worker did not start within {_STARTUP_TIMEOUT_S:g}s")
+        try:
+            self.replies.recv()  # "ready": imports done; a clip's time limit starts after this
+        except EOFError as err:
+            code = self.kill()
+            raise ClipError(f"decode worker exited while starting (exit code {code})") from err
+
+    def _poll(self, timeout_s: float) -> bool:
+        return self.replies.poll(max(timeout_s, 0.0))
+
+    def call(self, fn: Callable, args: tuple, timeout_s: float, what: str) -> Any:
+        self.calls += 1
+        self.requests.send((fn, args))
+        if not self._poll(timeout_s):
+            self.kill()
+            raise ClipError(f"{what}: decoding timed out after {timeout_s:g}s (worker killed)")
+        try:
+            status, payload = self.replies.recv()
+        except (EOFError, OSError) as err:
+            code = self.kill()
+            raise ClipError(f"{what}: decoder process died (exit code {code})") from err
+        if status == "err":
+            raise payload
+        return payload
+
+    def kill(self) -> int | None:
+        """Stop the process now (a hung decoder ignores polite requests); its exit code."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait()
+        for conn in (self.requests, self.replies):
+            conn.close()
+        _ALL_WORKERS.discard(self)
+        return code
+
+    @property
+    def usable(self) -> bool:
+        return self.proc.poll() is None and self.calls < _RECYCLE_AFTER
+
+
+_local = threading.local()
+_ALL_WORKERS: set[_Worker] = set()
+
+
+def _run_with_timeout(fn: Callable, args: tuple, timeout_s: float, what: str) -> Any:
+    """Run ``fn(*args)`` in this thread's worker process; ClipError if it takes too long."""
+    worker: _Worker | None = getattr(_local, "worker", None)
+    if worker is None or not worker.usable:
+        if worker is not None:
+            worker.kill()
+        worker = _local.worker = _Worker()
+    try:
+        return worker.call(fn, args, timeout_s, what)
+    finally:
+        if worker.proc.poll() is not None:
+            _local.worker = None
+
+
+def shutdown_worker() -> None:
+    """Stop this thread's decode worker (all workers are also stopped at exit)."""
+    worker = getattr(_local, "worker", None)
+    if worker is not None:
+        worker.kill()
+        _local.worker = None
+
+
+@atexit.register
+def _kill_all_workers() -> None:
+    for worker in list(_ALL_WORKERS):
+        worker.kill()
+
+
+# ----------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def _check_file(path: str) -> None:
+    """Fail fast, in the caller's process, on paths that cannot be a clip."""
+    p = Path(path)
+    if not p.exists():
+        raise ClipError(f"{path}: expected a video file but it does not exist")
+    if not p.is_file():
+        raise ClipError(f"{path}: expected a regular video file but got something else")
+    if p.stat().st_size == 0:
+        raise ClipError(f"{path}: expected a video file but it is empty (0 bytes)")
+
+
+def decode_clip(
+    path: str | os.PathLike,
+    *,
+    n_frames: int = 80,
+    out_fps: float = 8.0,
+    seconds: float = 10.0,
+    audio_rates: Sequence[int] = AUDIO_RATES,
+    timeout_s: float | None = 60.0,
+    legacy_ffmpeg: bool = True,
+) -> DecodedClip:
+    """Decode the official ``n_frames`` frames and ``seconds`` of mono audio of one clip.
+
+    Clips shorter than ``seconds`` are padded (last frame repeated, audio zeros), longer
+    ones trimmed to their first ``seconds``; both are recorded in ``notes``. A missing,
+    empty or corrupt file raises ClipError, as does a decode taking over ``timeout_s``
+    (the worker process is killed). ``timeout_s=None`` decodes in this process with no
+    time limit. ``legacy_ffmpeg=False`` follows newer ffmpeg's (6.1+) frame choice instead
+    of the 2020-era one (they differ only for sources under 16 fps).
+    """
+    path = os.fspath(path)
+    rates = tuple(int(r) for r in audio_rates)
+    unknown = sorted(set(rates) - set(AUDIO_RATES))
+    if unknown:
+        raise ValueError(f"Expected audio_rates from {AUDIO_RATES} but got {unknown}")
+    if n_frames < 1 or out_fps <= 0 or seconds <= 0:
+        raise ValueError(f"Expected positive n_frames, out_fps, seconds but got {n_frames}, {out_fps}, {seconds}")
+    _check_file(path)
+    args = (path, int(n_frames), float(out_fps), float(seconds), rates, bool(legacy_ffmpeg))
+    if timeout_s is None:
+        return _decode_local(*args)
+    return _run_with_timeout(_decode_local, args, float(timeout_s), path)
+
+
+def save_npz(clip: DecodedClip, out: str | os.PathLike) -> None:
+    """Write what the extractors see, atomically: frames, frame_index, frame_time, audio_*.
+
+    A missing audio array (not requested, or no audio stream) is stored as an empty
+    float32 array so every file has the same five keys.
+    """
+    out = Path(out)
+    empty = np.zeros(0, dtype=np.float32)
+    arrays = {
+        "frames": clip.frames,
+        "frame_index": clip.frame_index,
+        "frame_time": clip.frame_time,
+        "audio_16k": clip.audio_16k if clip.audio_16k is not None else empty,
+        "audio_48k": clip.audio_48k if clip.audio_48k is not None else empty,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
