@@ -9,7 +9,7 @@ check every done clip bit for bit without sharing memory with this process.
 Usage::
 
     python tests/cache_writer.py ROOT --clips N [--first A --last B] [--reverse]
-        [--batch K] [--start-at EPOCH] [--hold-before-status SECONDS]
+        [--batch K] [--start-at EPOCH] [--hold-before-status SECONDS] [--pace SECONDS]
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-at", type=float, default=None, help="wall-clock time to start (a barrier)")
     parser.add_argument("--hold-before-status", type=float, default=None,
                         help="sleep after a batch's features are written and before its status is")
+    parser.add_argument("--pace", type=float, default=0.0,
+                        help="sleep after each batch, so a kill after a random delay lands mid-run on any machine")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         part = todo[start : start + args.batch]
         store.write_clips([ids[i] for i in part], np.stack([expected_clip(i) for i in part]))
         print(f"wrote {' '.join(str(i) for i in part)}", flush=True)
+        time.sleep(args.pace)
     print("finished", flush=True)
     return 0
 

@@ -365,8 +365,10 @@ def test_sigkill_mid_write_then_resume(tmp_path):
     rng = random.Random(1234)
     done: list[int] = []
     evidence = {"partial_files": 0, "data_without_status": 0}
+    # Paced so the 16 batches take >= 16 x 0.08 s > the 0.9 s the three kills can wait in all:
+    # on a fast machine an unpaced writer finished before the last kill (CI, stop 8).
     for delay in (rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3)):
-        proc = run_writer(tmp_path, *args)
+        proc = run_writer(tmp_path, *args, "--pace", "0.08")
         first = proc.stdout.readline()
         assert first.startswith("pending "), first + proc.stderr.read()
         assert int(first.split()[1]) == n - len(done)  # a rerun writes only pending clips
