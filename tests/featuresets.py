@@ -1,0 +1,35 @@
+"""Small simulated feature sets for tests of train, select and analyze (no video, CPU-fast).
+
+``make_annotations`` writes an official-format annotation folder for a synthetic label
+structure (the generator ``avvp-pipe synth`` uses); ``make_cache`` writes simulated stores
+for it with ``pipeline.synth_features``, whose extractor quality is known by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.llp import Annotations, load_annotations, write_annotations
+from pipeline.synth import plan_dataset
+from pipeline.synth_features import SimulatedExtractor, synthesize_features
+
+DATASET = "tiny"
+
+
+def make_annotations(folder: str | Path, n_clips: int = 160, seed: int = 0,
+                     fractions: Sequence[float] = (0.5, 0.25, 0.25)) -> Annotations:
+    """Annotation files for ``n_clips`` synthetic clips split train/val/test by ``fractions``."""
+    plans = plan_dataset(n_clips, seed, fractions)
+    write_annotations(folder, [p.clip for p in plans], {
+        "audio": {p.clip.id: p.audio for p in plans}, "visual": {p.clip.id: p.visual for p in plans},
+    })  # fmt: skip
+    return load_annotations(folder)
+
+
+def make_cache(root: str | Path, ann: Annotations, extractors: Sequence[str], dataset: str = DATASET,
+               seed: int = 0) -> str:
+    """Simulated stores, one per ``NAME:MODALITY:DIM:QUALITY``; returns the cache root."""
+    specs = [SimulatedExtractor.parse(text) for text in extractors]
+    synthesize_features(str(root), dataset, ann, specs, seed=seed, progress=False)
+    return str(root)
