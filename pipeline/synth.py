@@ -860,3 +860,27 @@ def _progress_reporter(progress, total: int) -> Callable[..., None]:
             progress(bar.count, total, bar.elapsed)
 
     return report
+
+
+def synthesize_annotations(
+    out: str | os.PathLike,
+    n_clips: int,
+    seed: int,
+    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    annotations: str | os.PathLike | None = None,
+    class_prior: str = "llp",
+) -> Path:
+    """Only the annotation files of :func:`synthesize`'s dataset, without rendering video.
+
+    Why: feature-level work (``synth-features``, train, select) needs a label structure of
+    realistic size, and rendering thousands of clips would take hours for nothing.
+    The same (n_clips, seed, fractions) give the same clips and truth as ``synthesize``.
+    """
+    check_fractions(split_fractions)
+    if n_clips < 1:
+        raise AvvpError(f"--clips {n_clips}: expected at least 1")
+    real = RealStructures.from_folder(annotations) if annotations is not None else None
+    plans = plan_dataset(n_clips, seed, split_fractions, real, class_prior)
+    return write_annotations(out, [p.clip for p in plans], {
+        "audio": {p.clip.id: p.audio for p in plans}, "visual": {p.clip.id: p.visual for p in plans},
+    })  # fmt: skip

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.llp import Annotations, load_annotations, write_annotations
-from pipeline.synth import plan_dataset
+from pipeline.llp import Annotations, load_annotations
+from pipeline.synth import synthesize_annotations
 from pipeline.synth_features import SimulatedExtractor, synthesize_features
 
 DATASET = "tiny"
@@ -20,10 +20,7 @@ DATASET = "tiny"
 def make_annotations(folder: str | Path, n_clips: int = 160, seed: int = 0,
                      fractions: Sequence[float] = (0.5, 0.25, 0.25)) -> Annotations:
     """Annotation files for ``n_clips`` synthetic clips split train/val/test by ``fractions``."""
-    plans = plan_dataset(n_clips, seed, fractions)
-    write_annotations(folder, [p.clip for p in plans], {
-        "audio": {p.clip.id: p.audio for p in plans}, "visual": {p.clip.id: p.visual for p in plans},
-    })  # fmt: skip
+    synthesize_annotations(folder, n_clips, seed, fractions)
     return load_annotations(folder)
 
 

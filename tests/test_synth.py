@@ -368,3 +368,16 @@ def test_truth_npz_is_byte_stable(tmp_path: Path) -> None:
     with np.load(tmp_path / "b.npz") as data:
         assert data["audio"].shape == (4, NUM_CLASSES, SECONDS) and data["audio"].dtype == np.uint8
         assert list(data["video_ids"]) == [p.clip.id for p in plans]
+
+
+def test_labels_only_matches_the_rendered_dataset(made: Path, tmp_path: Path) -> None:
+    """--labels-only writes the same annotation files as a full run with the same options, and no video."""
+    from pipeline.cli import cli
+
+    rendered = made / "annotations"
+    out = tmp_path / "labels"
+    result = CliRunner().invoke(cli, ["synth", str(out), "--clips", "5", "--seed", "11", "--labels-only"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "videos").exists()
+    for name in sorted(p.name for p in rendered.iterdir()):
+        assert (out / "annotations" / name).read_text() == (rendered / name).read_text(), name

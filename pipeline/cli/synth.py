@@ -21,9 +21,11 @@ import click
 @click.option("--class-prior", type=click.Choice(["llp", "uniform"]), default="llp", show_default=True,
               help="Class frequencies of the built-in structure: LLP's (Speech in half the clips) or uniform.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Rendering processes.")
+@click.option("--labels-only", is_flag=True,
+              help="Write only OUT/annotations (no video): a label structure for synth-features, in seconds.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(out: Path, n_clips: int, seed: int, size: str, fps: float, sample_rate: int, annotations: Path | None,
-          splits: str, class_prior: str, workers: int, quiet: bool) -> None:  # fmt: skip
+          splits: str, class_prior: str, workers: int, labels_only: bool, quiet: bool) -> None:  # fmt: skip
     """Write N synthetic clips (H.264 + AAC mp4) to OUT/videos, the official annotation
     files to OUT/annotations and the dense truth of every clip to OUT/truth.npz.
 
@@ -32,9 +34,18 @@ def synth(out: Path, n_clips: int, seed: int, size: str, fps: float, sample_rate
     clips are kept.
 
     Example: avvp-pipe synth data/synth --clips 200 --seed 1 --annotations ../shared/llp --workers 2
+
+    Example (labels only, for synth-features): avvp-pipe synth data/labels --clips 2000 --labels-only
     """
     from pipeline.report import human_seconds
-    from pipeline.synth import parse_fractions, parse_size, synthesize
+    from pipeline.synth import parse_fractions, synthesize, synthesize_annotations
+
+    if labels_only:
+        folder = synthesize_annotations(out / "annotations", n_clips, seed, parse_fractions(splits),
+                                        annotations, class_prior)
+        click.echo(f"synth: annotation files of {n_clips} clips in {folder} (no video)")
+        return
+    from pipeline.synth import parse_size
 
     result = synthesize(
         out, n_clips, seed, size=parse_size(size), fps=fps, annotations=annotations,
