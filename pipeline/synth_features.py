@@ -282,7 +282,9 @@ def synthesize_features(
     written by its own process (compression is most of the time; features depend only on
     the clip, so the split changes no byte). Runs under ``PARALLEL_MIN_CLIPS`` pending clips
     stay in this process, where starting workers would cost more than it saves. ``limit``
-    stops each store after that many newly written clips (a partial run).
+    stops each store after that many newly written clips (a partial run). Worker processes
+    are spawned, so a script calling this with ``workers`` > 1 needs the usual
+    ``if __name__ == "__main__":`` guard.
 
     Returns ``{"dataset", "clips", "truth", "stores": [{"name", "url", "extractor",
     "quality", "written", "already_done", "seconds"}]}``.
@@ -290,10 +292,12 @@ def synthesize_features(
     _check_names(extractors)
     if block < 1 or writers < 1 or workers < 1:
         raise AvvpError(f"expected block, writers and workers >= 1 but got {block}, {writers}, {workers}")
+    if limit is not None and limit < 0:
+        raise AvvpError(f"--limit: expected a number >= 0 but got {limit}")
     ids, truth = clip_truth(ann, seed)
     splits = {cid: ann.clips[cid].split for cid in ids}
     truth_file = truth_path(root, dataset)
-    _write_truth(truth_file, ids, truth)
+    _write_truth(truth_file, ids, truth, seed)
     summary: dict = {"dataset": dataset, "clips": len(ids), "truth": truth_file, "stores": []}
     for ext in extractors:
         store = open_or_create(root, _store_spec(dataset, ext, seed, dtype, truth_file), ids, splits)
@@ -414,9 +418,21 @@ def _run_processes(job: _Job, ids: Sequence[str], active: np.ndarray, rows: np.n
         for proc in procs:
             if error is not None and proc.is_alive():
                 proc.terminate()
-            proc.join()
+            while proc.is_alive():  # keep the queue drained: a child exits only once its messages are out
+                _drain(messages)
+                proc.join(0.1)
     if error is not None:
         raise StoreError(f"{job.url}: synth-features worker failed: {error}; rerun to resume")
+
+
+def _drain(messages) -> None:
+    import queue as queue_mod
+
+    try:
+        while True:
+            messages.get_nowait()
+    except queue_mod.Empty:
+        pass
 
 
 def _worker(job: _Job, cids: list[str], active: np.ndarray, messages) -> None:
@@ -442,8 +458,12 @@ def truth_path(root: str, dataset: str) -> str:
     return f"{str(root).rstrip('/')}/{dataset}/simulated_truth.npz"
 
 
-def load_truth(root: str, dataset: str) -> tuple[list[str], np.ndarray]:
-    """(ids, (N, 2, 25, 10) uint8 audio/visual truth) as written by :func:`synthesize_features`."""
+def load_truth(root: str, dataset: str, seed: int | None = None) -> tuple[list[str], np.ndarray]:
+    """(ids, (N, 2, 25, 10) uint8 audio/visual truth) as written by :func:`synthesize_features`.
+
+    The file holds the truth of the latest run for ``dataset`` (it depends on the seed);
+    give ``seed`` to make sure it is the truth of the stores at hand.
+    """
     import fsspec
 
     url = truth_path(root, dataset)
@@ -452,17 +472,20 @@ def load_truth(root: str, dataset: str) -> tuple[list[str], np.ndarray]:
             data = np.load(io.BytesIO(handle.read()))
     except FileNotFoundError:
         raise AvvpError(f"{url}: no simulated truth here; run `avvp-pipe synth-features` first") from None
+    if seed is not None and int(data["seed"]) != seed:
+        raise AvvpError(f"{url}: expected the truth of seed {seed} but the file holds seed {int(data['seed'])}; "
+                        f"rerun `avvp-pipe synth-features --seed {seed}` for this dataset")
     return data["video_ids"].tolist(), np.stack([data["audio"], data["visual"]], axis=1)
 
 
-def _write_truth(url: str, ids: list[str], truth: np.ndarray) -> None:
+def _write_truth(url: str, ids: list[str], truth: np.ndarray, seed: int) -> None:
     """Per-second truth of every clip (train included), atomically, for diagnostics."""
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(os.path.dirname(path), exist_ok=True)
     buf = io.BytesIO()
-    np.savez_compressed(buf, video_ids=np.array(ids), audio=truth[:, 0], visual=truth[:, 1])
+    np.savez_compressed(buf, video_ids=np.array(ids), audio=truth[:, 0], visual=truth[:, 1], seed=np.int64(seed))
     if fs.__class__.__name__ == "LocalFileSystem":
         tmp = f"{path}.tmp{os.getpid()}"
         Path(tmp).write_bytes(buf.getvalue())
