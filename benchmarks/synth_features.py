@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 # Python puts this script's folder first on sys.path, where a sibling benchmark named like a
-# stdlib module (benchmarks/select.py) would shadow it; import from the repository instead.
+# stdlib module (a file named like select.py) would shadow it; import from the repository instead.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))

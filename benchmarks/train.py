@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--cuda-epochs", type=int, default=40, help="with a cuda device: time this many epochs")
     args = parser.parse_args()
 
-    from pipeline.train import TrainConfig, _determinism, _new_state, _predict_device
+    from pipeline.train import TrainConfig, determinism, _new_state, predict_on_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,7 +123,7 @@ def main() -> None:
     steps = -(-args.clips // config.batch_size)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, device {args.device}, {args.precision}; {args.clips} clips = {steps} steps of {config.batch_size}")
-    with _determinism(config):
+    with determinism(config):
         state = _new_state(dims, config)
         model_alone(state, split, config, 5)  # warm-up (allocator, kernels)
         alone, loop = [], []
@@ -146,7 +146,7 @@ def main() -> None:
             for epoch in range(1, args.cuda_epochs + 1):
                 full_loop(state, split, config, epoch)
                 state.scheduler.step()
-                _predict_device(state.model, val, config)  # the per-epoch selection forward
+                predict_on_device(state.model, val, config)  # the per-epoch selection forward
             sync(args.device)
             total = time.perf_counter() - started
             print(f"{args.cuda_epochs} epochs (train + val predict): {total:.1f} s "

@@ -187,7 +187,7 @@ def to_device(arrays: SplitArrays, device: str | torch.device) -> _DeviceSplit:
                         put(arrays.labels))
 
 
-def _autocast(config: TrainConfig) -> contextlib.AbstractContextManager:
+def autocast_for(config: TrainConfig) -> contextlib.AbstractContextManager:
     """Mixed precision for the model's forward; fp32 is a no-op context."""
     if config.precision == "fp32":
         return contextlib.nullcontext()
@@ -201,7 +201,7 @@ def _autocast(config: TrainConfig) -> contextlib.AbstractContextManager:
 def _loss_terms(model: HAN, head: nn.Module | None, audio: Tensor, visual: Tensor, visual_3d: Tensor | None,
                 labels: Tensor, config: TrainConfig) -> tuple[Tensor, Tensor, Tensor | None]:
     """(loss, bce, mtsc | None) as device tensors; no host sync, so the loop can stay asynchronous."""
-    with _autocast(config):
+    with autocast_for(config):
         a, v = model.project(audio, visual, visual_3d)  # (B, 10, 512) each: the features before HAN
         global_prob, a_prob, v_prob, _ = model.forward_projected(a, v)  # (B, 25) x3
     # BCE is unsafe under autocast (fp16 log); the loss is computed in fp32 on the outputs.
@@ -224,7 +224,7 @@ def training_loss(model: HAN, head: nn.Module | None, audio: Tensor, visual: Ten
 
 
 @torch.no_grad()
-def _predict_device(model: HAN, split: _DeviceSplit, config: TrainConfig, batch: int = 256) -> dict[str, np.ndarray]:
+def predict_on_device(model: HAN, split: _DeviceSplit, config: TrainConfig, batch: int = 256) -> dict[str, np.ndarray]:
     was_training = model.training
     model.eval()
     outs: list[list[Tensor]] = [[], [], [], []]
@@ -232,7 +232,7 @@ def _predict_device(model: HAN, split: _DeviceSplit, config: TrainConfig, batch:
     for start in range(0, len(split), batch):
         idx = torch.arange(start, min(start + batch, len(split)), device=device)
         audio, visual, v3, _ = split.rows(idx)
-        with _autocast(config):
+        with autocast_for(config):
             result = model(audio, visual, v3)  # global (B, 25), a, v (B, 25), frame (B, 10, 2, 25)
         for store, value in zip(outs, result):
             store.append(value.float())
@@ -245,7 +245,7 @@ def _predict_device(model: HAN, split: _DeviceSplit, config: TrainConfig, batch:
 def predict(model: HAN, arrays: SplitArrays, config: TrainConfig, batch: int = 256) -> dict[str, np.ndarray]:
     """Eval mode, no grad: video_ids, frame_prob (N, 10, 2, 25), global_prob, a_prob, v_prob (N, 25)."""
     device = next(model.parameters()).device
-    return _predict_device(model, to_device(arrays, device), config, batch)
+    return predict_on_device(model, to_device(arrays, device), config, batch)
 
 
 def metric_value(scores: Mapping, metric: str) -> float:
@@ -357,7 +357,7 @@ def _set_numpy_rng_state(state: Mapping) -> None:
 
 
 @contextlib.contextmanager
-def _determinism(config: TrainConfig) -> Iterator[None]:
+def determinism(config: TrainConfig) -> Iterator[None]:
     """Deterministic kernels for the run only; the process-wide setting is restored after."""
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     if config.deterministic:
@@ -472,7 +472,7 @@ def train_pairing(data: PairingData, annotations: Annotations, config: TrainConf
             return finished_result(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", identity)
-    with _determinism(config):
+    with determinism(config):
         return _train(data, annotations, config, identity, out, mode == "resume", progress, on_epoch)
 
 
@@ -520,7 +520,7 @@ def _run_epoch(state: _State, splits: Mapping[str, _DeviceSplit], annotations: A
     lr = state.optimizer.param_groups[0]["lr"]
     parts = _train_epoch(state, splits[config.train_split], config, epoch)
     state.scheduler.step()
-    pred = _predict_device(state.model, splits[config.select_split], config)
+    pred = predict_on_device(state.model, splits[config.select_split], config)
     score = metric_value(evaluate_predictions(pred, annotations, config.select_split), config.select_metric)
     if score > state.best_score:  # ties keep the earlier epoch
         state.best_epoch, state.best_score = epoch, score
@@ -564,7 +564,7 @@ def _finish(state: _State, eval_split: _DeviceSplit, annotations: Annotations, c
     state.model.load_state_dict(state.best_model)
     if state.head is not None:
         state.head.load_state_dict(state.best_head)
-    pred = _predict_device(state.model, eval_split, config)
+    pred = predict_on_device(state.model, eval_split, config)
     scores = evaluate_predictions(pred, annotations, config.eval_split)
     if out is not None:
         save_predictions(out / "predictions.npz", pred["video_ids"], pred["frame_prob"], pred["global_prob"],
