@@ -735,8 +735,10 @@ def connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any]:
             raise AvvpError(f"--scheduler {scheduler}: could not connect ({_reason(err)})") from err
     if workers < 1:
         raise ExtractUsageError(f"--workers: expected a positive integer but got {workers}")
+    # distributed logs at INFO by its own config; follow avvp-pipe's -v level instead.
+    logging.getLogger("distributed").setLevel(max(logging.getLogger().getEffectiveLevel(), logging.INFO))
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
+                           dashboard_address=None, silence_logs=logging.getLogger().getEffectiveLevel())
     return Client(cluster), cluster
 
 

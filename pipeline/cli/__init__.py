@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import click
 
@@ -34,8 +35,14 @@ class _Cli(click.Group):
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """avvp-pipe: extract features for LLP clips, train HAN (+MTSC), rank extractor pairings."""
+    warnings.formatwarning = _one_line_warning
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    """Warnings meant for the user (simulated features, padding) as one line, not a source excerpt."""
+    return f"warning: {message}\n"
 
 
 def _register() -> None:
