@@ -23,8 +23,8 @@ from __future__ import annotations
 import os
 import sys
 
-# This file is named select.py: run as a script, its folder would shadow the stdlib ``select``
-# (imported by subprocess, hence by torch). Swap that folder for the repository root.
+# Run as a script, this folder comes first on sys.path, where a file named like a stdlib module
+# would shadow it; swap that folder for the repository root.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [os.path.dirname(_HERE)]
 
