@@ -719,6 +719,13 @@ def _run_dask(client: Any, tasks: Sequence[ClipTask], stores: Mapping[str, Featu
             on_clip(int(frames_each))
 
 
+def auto_workers() -> int:
+    """``--workers 0``: one worker per visible GPU (each gets its own device), else one CPU worker."""
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
 def connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any]:
     """(client, cluster): a LocalCluster of ``workers`` single-threaded processes, or a
     Client of the cluster at ``scheduler``; (None, None) for an in-process run."""
@@ -733,8 +740,9 @@ def connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any]:
             return Client(scheduler, timeout="30s"), None
         except (OSError, TimeoutError) as err:
             raise AvvpError(f"--scheduler {scheduler}: could not connect ({_reason(err)})") from err
-    if workers < 1:
-        raise ExtractUsageError(f"--workers: expected a positive integer but got {workers}")
+    if workers < 0:
+        raise ExtractUsageError(f"--workers: expected 0 (auto) or a positive integer but got {workers}")
+    workers = workers or auto_workers()
     # distributed logs at INFO by its own config; follow avvp-pipe's -v level instead.
     logging.getLogger("distributed").setLevel(max(logging.getLogger().getEffectiveLevel(), logging.INFO))
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",

@@ -302,3 +302,24 @@ def test_annotations_split_and_missing_files(tmp_path):
     assert store.clip_ids == ["trainonly01", ids[0], "missing0001"]  # every annotated clip: train, val, test
     assert store.progress()["test"] == {"done": 1, "failed": 1, "total": 2}
     assert store.progress()["train"]["done"] == 0  # not in the split: untouched
+
+
+def test_workers_zero_means_one_per_gpu_else_one(monkeypatch):
+    import torch
+
+    from pipeline.extract import auto_workers
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert auto_workers() == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert auto_workers() == 4
+
+
+def test_negative_workers_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    result = CliRunner().invoke(cli, ["extract", "--videos", str(tmp_path), "--cache", str(tmp_path / "c"),
+                                      "--workers", "-1"])
+    assert result.exit_code == 2 and "--workers" in result.output

@@ -34,7 +34,9 @@ import click
               help="Offline weights folder (nothing is downloaded) [default: the torch hub cache].")
 @click.option("--random-init", is_flag=True,
               help="Untrained, seeded weights (tests and demos); the stores say RANDOM-INIT.")
-@click.option("--workers", type=int, help="Run a local dask cluster of N single-threaded worker processes.")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Run a local dask cluster of N single-threaded worker processes; 0: one per visible GPU "
+                   "(else one CPU worker). Default: no cluster, all in this process.")
 @click.option("--scheduler", help="Address of an existing dask scheduler, e.g. tcp://10.0.0.5:8786.")
 @click.option("--unit-clips", type=int, default=8, show_default=True,
               help="Clips per dask work unit (committed together).")
