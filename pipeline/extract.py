@@ -28,6 +28,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -642,6 +643,7 @@ class Unit:
     store_urls: dict[str, str]  # extractor -> store url
     store_keys: dict[str, str]  # extractor -> key the client computed (checked on the worker)
     opts: ExtractOptions
+    progress_topic: str | None = None  # dask event topic for per-clip progress (see _worker_progress)
 
 
 _WORKER_MODELS: dict[tuple, Extractor] = {}
@@ -693,13 +695,28 @@ def run_unit(unit: Unit) -> RunResult:
             raise AvvpError(f"worker built {name} with store key {key} but the client created {unit.store_keys[name]} "
                             "(different weights or library versions on this worker?)")
         stores[name] = open_store(unit.store_urls[name])
-    return Engine(extractors, stores, unit.opts).run(unit.tasks)
+    return Engine(extractors, stores, unit.opts, _worker_progress(unit.progress_topic)).run(unit.tasks)
 
 
-def make_units(tasks: Sequence[ClipTask], stores: Mapping[str, FeatureStore], opts: ExtractOptions) -> list[Unit]:
+def _worker_progress(topic: str | None) -> Callable[[int], None] | None:
+    """Per-clip progress from a dask worker: an event on ``topic`` that the client subscribes to.
+
+    Why: a unit holds several clips and can take minutes on a GPU; counting only finished
+    units made the bar jump and its ETA useless.
+    """
+    if topic is None:
+        return None
+    from distributed import get_worker
+
+    worker = get_worker()
+    return lambda frames: worker.log_event(topic, {"frames": int(frames)})
+
+
+def make_units(tasks: Sequence[ClipTask], stores: Mapping[str, FeatureStore], opts: ExtractOptions,
+               progress_topic: str | None = None) -> list[Unit]:
     urls = {n: s.url for n, s in stores.items()}
     keys = {n: s.key for n, s in stores.items()}
-    return [Unit(tuple(tasks[i:i + opts.unit_clips]), urls, keys, opts)
+    return [Unit(tuple(tasks[i:i + opts.unit_clips]), urls, keys, opts, progress_topic)
             for i in range(0, len(tasks), opts.unit_clips)]
 
 
@@ -707,16 +724,49 @@ def _run_dask(client: Any, tasks: Sequence[ClipTask], stores: Mapping[str, Featu
               on_clip: Callable[[int], None], result: RunResult) -> None:
     from distributed import as_completed
 
-    units = make_units(tasks, stores, opts)
-    futures = [client.submit(run_unit, unit, pure=False) for unit in units]
-    for future in as_completed(futures):
-        part: RunResult = future.result()
-        result.merge(part)
-        n_clips = len({cid for ids in part.done.values() for cid in ids}
-                      | {cid for f in part.failed.values() for cid in f})
-        frames_each = part.frames / max(part.decoded, 1)
-        for _ in range(n_clips):
-            on_clip(int(frames_each))
+    topic = f"avvp-extract-progress-{uuid.uuid4().hex}"  # one per run: a shared scheduler may serve others
+    meter = _EventMeter(on_clip)
+    client.subscribe_topic(topic, meter.event)
+    try:
+        units = make_units(tasks, stores, opts, progress_topic=topic)
+        futures = [client.submit(run_unit, unit, pure=False) for unit in units]
+        for future in as_completed(futures):
+            part: RunResult = future.result()
+            result.merge(part)
+            n_clips = len({cid for ids in part.done.values() for cid in ids}
+                          | {cid for f in part.failed.values() for cid in f})
+            meter.unit_finished(n_clips, int(part.frames / max(part.decoded, 1)))
+    finally:
+        client.unsubscribe_topic(topic)
+
+
+class _EventMeter:
+    """Counts clips from worker events, and tops up from finished units where events lag.
+
+    Events reach the client on its own thread; a lock keeps the two sources from counting
+    one clip twice: the bar never runs ahead of the clips that units report done.
+    """
+
+    def __init__(self, on_clip: Callable[[int], None]) -> None:
+        self.on_clip, self.lock = on_clip, threading.Lock()
+        self.from_events = self.finished = self.shown = 0
+
+    def event(self, event: tuple[float, dict]) -> None:
+        with self.lock:
+            self.from_events += 1
+            self._show(event[1]["frames"])
+
+    def unit_finished(self, clips: int, frames_each: int) -> None:
+        with self.lock:
+            self.finished += clips
+            while self.shown < self.finished:
+                self.on_clip(frames_each)
+                self.shown += 1
+
+    def _show(self, frames: int) -> None:
+        if self.shown < max(self.finished, self.from_events):
+            self.on_clip(frames)
+            self.shown += 1
 
 
 def auto_workers() -> int:

@@ -323,3 +323,19 @@ def test_negative_workers_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(cli, ["extract", "--videos", str(tmp_path), "--cache", str(tmp_path / "c"),
                                       "--workers", "-1"])
     assert result.exit_code == 2 and "--workers" in result.output
+
+
+def test_event_meter_counts_each_clip_once_whatever_arrives_first():
+    from pipeline.extract import _EventMeter
+
+    shown = []
+    meter = _EventMeter(shown.append)
+    meter.event((0.0, {"frames": 80}))  # unit A, clip 1: its event comes first
+    meter.unit_finished(2, 80)  # unit B (2 clips) finishes before any of its events
+    assert len(shown) == 2
+    meter.event((0.0, {"frames": 80}))  # A's clip 2 arrives: 2 shown, 2 reported done -> nothing new
+    meter.event((0.0, {"frames": 80}))  # B's late events must not count again
+    meter.event((0.0, {"frames": 80}))
+    assert len(shown) == 4  # events ran ahead of finished units: shown as they come
+    meter.unit_finished(2, 80)  # unit A reports done
+    assert len(shown) == 4  # ... and nothing is counted twice
