@@ -213,17 +213,23 @@ def _inspect(path: Path) -> _Inspected:
     return item
 
 
+def _read_npy_header(handle: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an open .npy file, leaving ``handle`` at the start of the data."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return tuple(shape), dtype
+
+
 def _header_error(item: _Inspected, data: bytes) -> str | None:
     """Fill shape/dtype from the header; return why the file cannot be loaded, if it cannot."""
     handle = io.BytesIO(data)
     try:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:
-            return f"unsupported .npy format version {version}"
+        shape, dtype = _read_npy_header(handle)
     except (ValueError, EOFError, SyntaxError) as err:
         return f"not a valid .npy file ({err})"
     item.shape, item.dtype = tuple(shape), dtype
@@ -472,13 +478,7 @@ def _npy_ok(path: Path, shape: tuple[int, ...]) -> bool:
     try:
         data_size = path.stat().st_size
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                got, _, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version == (2, 0):
-                got, _, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
-                return False
+            got, dtype = _read_npy_header(handle)
             header_end = handle.tell()
     except (OSError, ValueError, EOFError, SyntaxError):
         return False

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import AnnotationError, AvvpError, StoreError
+from pipeline.report import save_figure
 from pipeline.llp import CLASSES, SECONDS, Annotations
 
 ALIGNS = ("none", "cca")
@@ -384,14 +385,6 @@ def format_probe_table(rows: Sequence[dict]) -> str:
                    r["classes_scored"], r["score_seconds"]] for r in rows])
 
 
-def _atomic_savefig(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
-
-
 def _second_ticks(labels: list[list[str]]) -> list[str]:
     return [f"{t}: {'+'.join(names) if names else 'background'}" for t, names in enumerate(labels)]
 
@@ -418,7 +411,7 @@ def plot_heatmap(path: str | os.PathLike, clip: dict) -> Path:
     ax.set_title(f"clip {clip['clip']}: cosine similarity, {clip['features']}", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     try:
-        return _atomic_savefig(fig, Path(path))
+        return save_figure(fig, path, dpi=120)
     finally:
         plt.close(fig)
 
@@ -443,7 +436,7 @@ def plot_bars(path: str | os.PathLike, names: Sequence[str], values: dict[str, S
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     try:
-        return _atomic_savefig(fig, Path(path))
+        return save_figure(fig, path, dpi=120)
     finally:
         plt.close(fig)
 

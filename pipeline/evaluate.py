@@ -16,7 +16,6 @@ a_prob, v_prob  (N, 25)            per-modality video-level probabilities (optio
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import zipfile
@@ -27,6 +26,7 @@ import numpy as np
 
 from models.metrics import GATES, LEVELS, llp_per_class, llp_scores, predictions_to_binary
 from pipeline.errors import AvvpError
+from pipeline.report import atomic_write_json
 from pipeline.llp import CLASSES, NUM_CLASSES, SECONDS, Annotations
 
 REQUIRED_KEYS: tuple[str, ...] = ("video_ids", "frame_prob", "global_prob")
@@ -188,15 +188,8 @@ def _per_class_json(per_class: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
 
 
 def save_scores(path: str | os.PathLike, result: Mapping) -> Path:
-    """Write the scores JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write the scores JSON atomically."""
+    return atomic_write_json(path, result)
 
 
 def format_table(result: Mapping) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import AnnotationError, AvvpError
+from pipeline.report import atomic_write_text
 
 #: The 25 LLP classes in the official index order.
 CLASSES: tuple[str, ...] = (
@@ -312,12 +313,6 @@ def _note(ann: Annotations, kind: str, example: str) -> None:
 # ---------------------------------------------------------------------- writing
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def format_weak(clips: Iterable[tuple[str, Sequence[int]]]) -> str:
     """Weak-file text from (filename, class indices) pairs, official header and order."""
     buf = io.StringIO()
@@ -367,12 +362,12 @@ def write_annotations(
     root.mkdir(parents=True, exist_ok=True)
     for split, name in WEAK_FILES.items():
         text = format_weak((c.filename, c.labels) for c in clips if c.split == split)
-        _atomic_write_text(root / name, text)
-    _atomic_write_text(root / "AVVP_dataset_full.csv", format_weak((c.filename, c.labels) for c in clips))
+        atomic_write_text(root / name, text)
+    atomic_write_text(root / "AVVP_dataset_full.csv", format_weak((c.filename, c.labels) for c in clips))
     for modality, name in DENSE_FILES.items():
         grids = dense.get(modality, {})
         text = format_dense(
             (c.filename, grids[c.id]) for c in clips if c.split != "train" and c.id in grids
         )
-        _atomic_write_text(root / name, text)
+        atomic_write_text(root / name, text)
     return root

@@ -40,7 +40,7 @@ from pipeline.errors import AvvpError
 from pipeline.evaluate import evaluate_predictions, format_table, load_predictions, save_predictions
 from pipeline.llp import CLASSES, SPLITS, Annotations
 from pipeline.pairing import PairingData, SplitArrays
-from pipeline.report import atomic_write_json, human_seconds
+from pipeline.report import atomic_write_json, human_seconds, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -597,15 +597,6 @@ def finished_result(out: Path) -> TrainResult:
 # ---------------------------------------------------------------------- plots
 
 
-def _save_figure(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_plots(out: Path, history: list[dict], scores: Mapping, config: TrainConfig) -> None:
     """curve.png (loss and select score per epoch) and per_class_f1.png (eval split, segment level)."""
     import matplotlib
@@ -622,7 +613,7 @@ def write_plots(out: Path, history: list[dict], scores: Mapping, config: TrainCo
     ax2.plot(epochs, [r["select"] for r in history], "s-", color="tab:red")
     ax2.set_ylabel(f"{config.select_split} {config.select_metric}", color="tab:red")
     ax.set_title("training curve")
-    _save_figure(fig, out / "curve.png")
+    save_figure(fig, out / "curve.png")
     plt.close(fig)
 
     per_class = scores["per_class"]["segment"]
@@ -636,7 +627,7 @@ def write_plots(out: Path, history: list[dict], scores: Mapping, config: TrainCo
     ax.set_ylabel("segment F1 (%)")
     ax.set_title(f"{config.eval_split}: per-class segment-level F1 (best epoch)")
     ax.legend()
-    _save_figure(fig, out / "per_class_f1.png")
+    save_figure(fig, out / "per_class_f1.png")
     plt.close(fig)
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.report import human_seconds, table
 from selection import stats
-from selection.results import _jsonable, atomic_write_text
+from pipeline.report import atomic_write_text, save_figure
+from selection.results import _jsonable
 
 #: column -> protocol whose result fills it
 COLUMNS = {"f1": "upper-bound", "f2": "traditional", "logme": "logme"}
@@ -114,16 +114,6 @@ def to_csv(rows: Sequence[Mapping]) -> str:
     return buffer.getvalue()
 
 
-def _figure_to(path: Path, fig) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _pyplot():
     import matplotlib
 
@@ -149,7 +139,7 @@ def bar_chart(path: Path, ranking: Mapping) -> Path:
             pad = 0.1 * (high - low) or 0.1 * abs(high) or 0.1
             ax.set_ylim(low - pad, high + pad)
     fig.tight_layout()
-    _figure_to(path, fig)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -168,6 +158,6 @@ def f1_f2_chart(path: Path, ranking: Mapping) -> Path:
     ax.set_title(f"F1 vs F2 per pairing (Kendall tau {_num(tau)})")
     ax.legend()
     fig.tight_layout()
-    _figure_to(path, fig)
+    save_figure(fig, path)
     plt.close(fig)
     return path

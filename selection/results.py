@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import AvvpError
+from pipeline.report import atomic_write_text
 from pipeline.llp import Annotations
 
 SUBDIR = "pairings"
@@ -62,19 +62,6 @@ def load_result(path: Path) -> dict | None:
 def save_result(path: Path, result: Mapping[str, Any]) -> Path:
     """Write atomically (temp file in the same folder, then os.replace)."""
     return atomic_write_text(path, json.dumps(_jsonable(result), indent=2) + "\n")
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,69 @@
+"""Options shared by commands that train HAN (``train``, ``select``): one definition, one help text.
+
+A module without ``COMMANDS``, so the CLI package imports it without registering anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+#: TrainConfig fields these options set, by the parameter name click passes.
+RECIPE_FIELDS = ("epochs", "batch_size", "lr", "seed", "mtsc", "mtsc_weight", "mtsc_decay", "mtsc_anchor",
+                 "device", "precision")
+
+_STORES = [
+    click.option("--cache", required=True, help="Feature cache root (local path or fsspec URL)."),
+    click.option("--dataset", required=True, help="Dataset name inside the cache, e.g. llp."),
+    click.option("--annotations", required=True, type=click.Path(file_okay=False, path_type=Path),
+                 help="Folder with the official LLP CSV files."),
+]
+
+_RECIPE = [
+    click.option("--epochs", type=int, default=40, show_default=True, help="Training epochs."),
+    click.option("--batch-size", type=int, default=16, show_default=True, help="Clips per step."),
+    click.option("--lr", type=float, default=3e-4, show_default=True, help="Adam learning rate (StepLR 10, 0.1)."),
+    click.option("--seed", type=int, default=1, show_default=True, help="Seed of init, batch order and dropout."),
+    click.option("--mtsc", type=click.Choice(["off", "part", "entire"]), default="off", show_default=True,
+                 help="MTSC contrastive loss on the features before HAN (seed paper)."),
+    click.option("--mtsc-weight", type=float, default=1.0, show_default=True, help="Weight of the MTSC loss."),
+    click.option("--mtsc-decay", type=float, default=5.0, show_default=True,
+                 help="Time-lag exponent T_ij = 1/|i-j|^d."),
+    click.option("--mtsc-anchor", type=click.Choice(["audio", "visual", "both"]), default="audio",
+                 show_default=True, help="Modality whose detached self-similarity is the off-diagonal target."),
+    click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu, cuda, cuda:1."),
+    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                 help="Autocast precision of the model (fp16 on cuda only)."),
+]
+
+_PERMISSIONS = [
+    click.option("--allow-random-init", is_flag=True, help="Accept stores of random-init (not pretrained) features."),
+    click.option("--allow-simulated", is_flag=True, help="Accept stores of simulated features (synth-features)."),
+]
+
+
+def _apply(options: list[Callable]) -> Callable[[Callable], Callable]:
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+store_options = _apply(_STORES)
+recipe_options = _apply(_RECIPE)
+permission_options = _apply(_PERMISSIONS)
+
+
+def recipe(params: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig keyword arguments among a command's parameters."""
+    return {name: params[name] for name in RECIPE_FIELDS}
+
+
+def optional_store(text: str) -> str | None:
+    """``--visual-3d none`` means no 3D stream."""
+    return None if text.lower() == "none" else text
