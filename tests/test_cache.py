@@ -244,6 +244,37 @@ def test_all_zero_clip_is_stored_not_reported_missing(store):
     assert verify(store)["reset"] == {}
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_local_chunk_files_are_the_bytes_zarr_writes(tmp_path, dtype):
+    """Local stores write chunk files themselves (speed); zarr must read them as its own."""
+    import cache.store as store_module
+
+    mine = open_or_create(str(tmp_path / "mine"), spec(dtype=dtype), IDS, SPLITS)
+    data = relu_like(len(IDS))
+    mine.write_clips([IDS[5], IDS[1], IDS[2]], data[[5, 1, 2]])  # out of order, two runs
+    layout = store_module._local_row_chunks
+    try:
+        store_module._local_row_chunks = lambda array: None  # every write through zarr
+        ref = open_or_create(str(tmp_path / "ref"), spec(dtype=dtype), IDS, SPLITS)
+        ref.write_clips([IDS[5], IDS[1], IDS[2]], data[[5, 1, 2]])
+        zarr_status = np.asarray(mine.group["status"][:])  # zarr reading our status chunks
+    finally:
+        store_module._local_row_chunks = layout
+    for i in (1, 2, 5):
+        assert chunk_file(mine, i).read_bytes() == chunk_file(ref, i).read_bytes()
+        status = Path(mine.url) / "status" / "c" / str(i)
+        assert status.read_bytes() == (Path(ref.url) / "status" / "c" / str(i)).read_bytes()
+    assert not chunk_file(mine, 0).exists() and not list(Path(mine.url).rglob("*.partial"))
+    np.testing.assert_array_equal(np.asarray(mine.group["features"][[1, 2, 5]]), data[[1, 2, 5]].astype(dtype))
+    np.testing.assert_array_equal(zarr_status, [0, 1, 1, 0, 0, 1] + [0] * 6)
+
+
+def test_a_read_only_handle_cannot_write(store):
+    with pytest.raises(ValueError, match="read-only"):  # zarr's refusal, not our fast path writing anyway
+        open_store(store.url, mode="r").write_clips([IDS[0]], relu_like(1))
+    assert not chunk_file(store, 0).exists()
+
+
 # ---------------------------------------------------------------- fsspec
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 from click.testing import CliRunner
 
 import pipeline.cli
@@ -38,11 +39,24 @@ def imp(src: Path, root: Path, **kw):
     return import_npy(src, str(root), "tiny", kw.pop("as_extractor", "featsx"), **kw)
 
 
+def file_hash(path: Path) -> str:
+    return xxhash.xxh3_128(path.read_bytes()).hexdigest()
+
+
 def folder_hash(folder: Path, names) -> str:
-    """The documented content hash, recomputed independently: sha256 over sorted (name, sha256)."""
+    """The documented content hash, recomputed independently: xxh3-128 over sorted (name, xxh3-128)."""
+    digest = xxhash.xxh3_128()
+    for name in sorted(names):
+        digest.update(f"{name}\t{file_hash(folder / name)}\n".encode())
+    return digest.hexdigest()
+
+
+def listing_hash(folder: Path, names) -> str:
+    """The documented store-key part: sha256 over sorted (name, size, mtime_ns)."""
     digest = hashlib.sha256()
     for name in sorted(names):
-        digest.update(f"{name}\t{hashlib.sha256((folder / name).read_bytes()).hexdigest()}\n".encode())
+        stat = (folder / name).stat()
+        digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -66,6 +80,15 @@ def test_export_then_import_gives_identical_arrays(tmp_path):
     assert summary["imported"] == len(IDS) and summary["bad"] == {} and summary["missing"] == []
 
 
+def test_fortran_order_files_import_as_their_values(tmp_path):
+    src = tmp_path / "feats"
+    src.mkdir()
+    np.save(src / f"{IDS[0]}.npy", np.asfortranarray(DATA[IDS[0]]))
+    np.save(src / f"{IDS[1]}.npy", DATA[IDS[1]])
+    summary = imp(src, tmp_path / "cache")
+    np.testing.assert_array_equal(open_store(summary["store"]).read(IDS[:2]), np.stack([DATA[c] for c in IDS[:2]]))
+
+
 def test_provenance_and_content_hash(tmp_path):
     src = write_folder(tmp_path / "feats")
     summary = imp(src, tmp_path / "cache")
@@ -75,13 +98,22 @@ def test_provenance_and_content_hash(tmp_path):
     assert store.kind == "imported" and store.is_real
     assert prov["note"] == f"imported from {src.resolve()}"
     assert prov["file_count"] == len(IDS)
-    assert prov["content_sha256"] == expected_hash == summary["content_sha256"]
-    assert store.config["content_sha256"] == expected_hash  # so it is in the store key
+    assert prov["content_xxh3_128"] == expected_hash == summary["content_xxh3_128"]
+    assert store.config["listing_sha256"] == listing_hash(src, [f"{c}.npy" for c in IDS])  # in the store key
     assert "unknown" in prov["weights_identity"]
+    for cid in IDS:  # each clip's record names its file and that file's hash
+        record = store.record(cid)
+        assert record["imported_from"] == f"{cid}.npy"
+        assert record["xxh3_128"] == file_hash(src / f"{cid}.npy")
+
+    store.clear(IDS[:3])  # a resumed import rereads only those, yet states the same content hash
+    Path(store.url, "records", f"{IDS[5]}.json").unlink()  # a done clip without its record: rehashed
+    resumed = imp(src, tmp_path / "cache")
+    assert resumed["imported"] == 3 and resumed["content_xxh3_128"] == expected_hash
 
     np.save(src / f"{IDS[0]}.npy", DATA[IDS[0]] + 1)  # another folder content: another store
     other = imp(src, tmp_path / "cache")
-    assert other["store"] != summary["store"] and other["content_sha256"] != expected_hash
+    assert other["store"] != summary["store"] and other["content_xxh3_128"] != expected_hash
     assert len(list_stores(str(tmp_path / "cache"))) == 2
 
 

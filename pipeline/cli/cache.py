@@ -44,7 +44,7 @@ def _provenance(store) -> dict[str, Any]:
         "weights": prov.get("weights_identity", store.config.get("weights_identity")),
         "imported_from": prov.get("imported_from"),
         "file_count": prov.get("file_count"),
-        "content_sha256": prov.get("content_sha256"),
+        "content_xxh3_128": prov.get("content_xxh3_128"),
     }
 
 
@@ -206,7 +206,7 @@ def _print_import(summary: dict[str, Any], as_json: bool) -> None:
     click.echo(f"  shape {shape} from {summary['shape_source']}; modality {summary['modality']} from "
                f"{summary['modality_source']}; stored as {summary['dtype']}")
     click.echo(f"  clip list: {summary['clips']} clips from {summary['clip_list']}; {summary['files']} files; "
-               f"content sha256 {summary['content_sha256'][:16]}")
+               f"content xxh3-128 {summary['content_xxh3_128']}")
     click.echo(f"  store: {summary['store']}")
     missing = summary["missing"]
     if missing:
