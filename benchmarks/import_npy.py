@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--workdir", default="/tmp/avvp-import-bench")
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="empty the page cache first (root only), so the fresh import reads from disk")
     args = parser.parse_args()
 
     from cache.npy_io import import_npy
@@ -52,6 +54,12 @@ def main() -> None:
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     subprocess.run(["sync"], check=False)
+    if args.drop_caches:
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        except OSError as err:
+            raise SystemExit(f"--drop-caches: cannot write /proc/sys/vm/drop_caches ({err}); run as root") from None
+        print("page cache dropped: the fresh import reads the folder from disk")
 
     mb = args.clips * args.frames * args.dim * 4 / 1e6
     for label in ("fresh import", "resumed (all done)"):
