@@ -35,6 +35,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ from pipeline.errors import AvvpError, StoreError
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
+_READ_THREADS = 4  # chunk reads in flight: zstd decoding and file reads release the GIL
 PENDING, DONE, FAILED = 0, 1, 2
 #: Codec chain of the features array (see ``_create`` for why level 1).
 FEATURE_COMPRESSORS = (zarr.codecs.ZstdCodec(level=1),)
@@ -181,7 +183,7 @@ class FeatureStore:
         the chunk files directly takes ~0.2 s. Only the default layout (see
         :func:`_local_row_chunks`) is read this way.
         """
-        layout = _local_row_chunks(self.group["status"])
+        layout = _local_row_chunks(self.group["status"], writing=False)
         if layout is None:
             return None
         folder, zstd = layout
@@ -346,7 +348,7 @@ class FeatureStore:
         """(n, T, D) float32 for complete clips; an incomplete clip is an error."""
         ids = self.done_ids() if ids is None else list(ids)
         idx = self._check_readable(ids)
-        return np.asarray(self.group["features"].get_orthogonal_selection((idx,)), dtype=np.float32)
+        return self._read_rows(idx)
 
     def iter_blocks(self, ids: Sequence[str], block: int = 256) -> Iterator[tuple[list[str], np.ndarray]]:
         """Read a long clip list block by block, for reductions that must not hold it all."""
@@ -354,8 +356,45 @@ class FeatureStore:
         self._check_readable(ids)
         for start in range(0, len(ids), block):
             part = ids[start : start + block]
-            idx = [self.index[c] for c in part]
-            yield part, np.asarray(self.group["features"].get_orthogonal_selection((idx,)), dtype=np.float32)
+            yield part, self._read_rows([self.index[c] for c in part])
+
+    def _read_rows(self, idx: Sequence[int]) -> np.ndarray:
+        """(n, T, D) float32 of the given clip rows: chunk files directly when local, else zarr.
+
+        Why: zarr's per-chunk overhead made reading LLP-sized stores (train, select,
+        export) cost ~2.5x the CPU of decoding the chunks (measured 16.4 s against 6.7 s
+        for 3,000 res152 clips). Unlike zarr, a done clip whose chunk file is missing is an
+        error here, not a block of zeros.
+        """
+        features = self.group["features"]
+        layout = _local_row_chunks(features, writing=False)
+        if layout is None:
+            return np.asarray(features.get_orthogonal_selection((list(idx),)), dtype=np.float32)
+        folder, zstd = layout
+        out = np.empty((len(idx), *features.shape[1:]), dtype=np.float32)  # (n, T, D)
+        inner = os.sep.join("0" * (features.ndim - 1))
+
+        def read_one(k: int) -> None:
+            path = os.path.join(folder, "c", str(int(idx[k])), inner)
+            try:
+                raw = _read_chunk_file(path)
+            except FileNotFoundError:
+                raise StoreError(f"{self.url}: clip {self.clip_ids[idx[k]]} is marked done but its chunk "
+                                 f"{path} is missing; run `avvp-pipe cache verify {self.url}`") from None
+            try:
+                row = np.frombuffer(zstd.decode(raw), dtype=features.dtype).reshape(features.shape[1:])
+            except Exception as err:  # noqa: BLE001 - any decode failure names the clip
+                raise StoreError(f"{self.url}: chunk of clip {self.clip_ids[idx[k]]} is unreadable "
+                                 f"({type(err).__name__}: {err}); run `avvp-pipe cache verify {self.url}`") from None
+            out[k] = row
+
+        if len(idx) < 2 * _READ_THREADS:
+            for k in range(len(idx)):
+                read_one(k)
+        else:
+            with ThreadPoolExecutor(_READ_THREADS) as pool:
+                list(pool.map(read_one, range(len(idx))))
+        return out
 
     def to_dask(self, ids: Sequence[str] | None = None):
         """A lazy (n, T, D) dask array over complete clips, one chunk per clip."""
@@ -418,14 +457,20 @@ def _write_rows(array: zarr.Array, idx: Sequence[int], values: np.ndarray) -> No
         array[start:stop] = values[order[run]]
 
 
-def _local_row_chunks(array: zarr.Array) -> tuple[str, Any] | None:
+def _read_chunk_file(path: str) -> bytes:
+    """One chunk file's bytes (the one place local reads touch chunks; tests spy on it)."""
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _local_row_chunks(array: zarr.Array, writing: bool = True) -> tuple[str, Any] | None:
     """(folder, numcodecs Zstd) of a local array stored one row per chunk, else None.
 
     Both arrays of a store (features, status) have this layout: chunk keys ``c/<i>/0/..``,
     codecs bytes (little-endian) + zstd, fill value 0. For it, a chunk file is exactly
     ``zstd(row.tobytes())``, which lets :meth:`FeatureStore.status` and
     :func:`_write_rows` skip zarr's per-chunk overhead. Any other layout (another codec,
-    sharding, fsspec URLs, a read-only handle) returns None and goes through zarr.
+    sharding, fsspec URLs, a read-only handle when ``writing``) returns None and goes through zarr.
     """
     from zarr.codecs import BytesCodec, ZstdCodec
     from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
@@ -433,7 +478,7 @@ def _local_row_chunks(array: zarr.Array) -> tuple[str, Any] | None:
     meta = array.metadata
     store = array.store
     codecs = getattr(meta, "codecs", ())
-    if not (isinstance(store, zarr.storage.LocalStore) and not store.read_only
+    if not (isinstance(store, zarr.storage.LocalStore) and not (writing and store.read_only)
             and isinstance(getattr(meta, "chunk_key_encoding", None), DefaultChunkKeyEncoding)
             and meta.chunk_key_encoding.separator == "/"
             and [type(c) for c in codecs] == [BytesCodec, ZstdCodec]

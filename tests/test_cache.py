@@ -97,7 +97,9 @@ def test_float16_round_trip_within_half_ulp(tmp_path):
 
 @pytest.fixture()
 def chunk_reads(monkeypatch):
-    """Every key zarr reads from local disk, in order."""
+    """Every key read from local disk, by zarr or by the store's own chunk reader."""
+    import cache.store as store_module
+
     seen: list[str] = []
     original = zarr.storage.LocalStore.get
 
@@ -105,7 +107,14 @@ def chunk_reads(monkeypatch):
         seen.append(key)
         return await original(self, key, *args, **kwargs)
 
+    def spy_file(path):
+        parts = Path(path).parts
+        seen.append("/".join(parts[parts.index("features"):]))
+        return read_file(path)
+
+    read_file = store_module._read_chunk_file
     monkeypatch.setattr(zarr.storage.LocalStore, "get", spy)
+    monkeypatch.setattr(store_module, "_read_chunk_file", spy_file)
     return seen
 
 
@@ -145,6 +154,16 @@ def test_to_dask_is_lazy_one_chunk_per_clip(store):
     assert lazy.shape == (5, *SHAPE)
     assert lazy.chunks[0] == (1,) * 5
     np.testing.assert_array_equal(lazy.mean(axis=1).compute(), data[:5].mean(axis=1))
+
+
+def test_a_done_clip_without_its_chunk_file_is_an_error_not_zeros(store):
+    store.write_clips(IDS[:2], relu_like(2))
+    chunk_file(store, 1).unlink()
+    with pytest.raises(StoreError, match=f"clip {IDS[1]} is marked done but its chunk .* is missing"):
+        store.read(IDS[:2])
+    chunk_file(store, 0).write_bytes(b"not zstd")
+    with pytest.raises(StoreError, match=f"chunk of clip {IDS[0]} is unreadable"):
+        store.read([IDS[0]])
 
 
 def test_reading_an_incomplete_clip_names_it(store):
