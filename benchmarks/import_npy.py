@@ -68,6 +68,14 @@ def main() -> None:
         s = summary["seconds"]
         print(f"{label}: {summary['imported']} imported, {summary['skipped_done']} skipped in {s:.1f} s "
               f"({args.clips / s:.0f} files/s, {mb / s:.0f} MB/s of float32)")
+    from cache import open_store
+    from pipeline.pairing import read_per_second
+
+    store = open_store(summary["store"])
+    started = time.perf_counter()
+    read_per_second(store, store.clip_ids)  # what `train` and `select` do with a 2D store
+    s = time.perf_counter() - started
+    print(f"read back as per-second means (train's loading): {s:.1f} s ({args.clips / s:.0f} clips/s)")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; commit {commit}")
 
