@@ -20,6 +20,14 @@
 # summary.json (key numbers of every step), extract_models.json (c), extract_all.json (d's
 # --summary, only when d finished), extract_all_progress.tsv (d), gpu.csv (nvidia-smi, 1 s).
 #
+# .whl/ is not in git. Build it here for the device's Python 3.12 (the carry limit is 64 MiB):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#     --platform manylinux_2_28_x86_64 -d .whl zarr==3.1.6 numcodecs donfig google-crc32c dask \
+#     distributed partd locket zict tblib tornado librosa audioread soundfile soxr resampy pooch \
+#     platformdirs decorator cffi pycparser decord av==13.1.0 pretrainedmodels munch torchvggish
+#   then rewrite the av, decord and numcodecs wheels member by member with Python's
+#   zipfile.ZIP_LZMA (pip installs them; ~50 MiB in all instead of ~80).
+#
 # Local dry run on CPU (tiny sizes, the project's venv, no wheel install):
 #   AVVP_BENCH_DEVICE=cpu AVVP_BENCH_SMALL=1 AVVP_BENCH_SKIP_INSTALL=1 AVVP_BENCH_PRECISION=fp32 \
 #   AVVP_BENCH_PYTHON=.venv/bin/python OUT=$(mktemp -d) bash benchmarks/h200.sh
