@@ -208,13 +208,13 @@ done
 
 # ---------------------------------------------------------------- b: pairing selection
 run_step select 90 "$D_RESERVE" "$PY" benchmarks/select_pairings.py --device "$DEVICE" --parallel 10 \
-    --workdir "$WORK/select" "${SELECT_ARGS[@]}"
+    --workdir "$WORK/select" --json "$WORK/select.json" "${SELECT_ARGS[@]}"
 
 # ---------------------------------------------------------------- a: training loop
 run_step train_fp32 170 "$D_RESERVE" "$PY" benchmarks/train.py --device "$DEVICE" --precision fp32 --repeats 1 \
-    --cuda-epochs "$FP32_EPOCHS" ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
+    --cuda-epochs "$FP32_EPOCHS" --json "$WORK/train_fp32.json" ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
 run_step train_bf16 45 "$D_RESERVE" "$PY" benchmarks/train.py --device "$DEVICE" --precision bf16 --repeats 1 \
-    --cuda-epochs 2 ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
+    --cuda-epochs 2 --json "$WORK/train_bf16.json" ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
 
 # ---------------------------------------------------------------- d: all eight, real CLI
 CACHE_ALL="$WORK/cache_all"

@@ -1,8 +1,9 @@
 """Collect the key numbers of a ``benchmarks/h200.sh`` run into OUT/summary.json and print them.
 
-Reads the per-step logs the script keeps under WORK/logs, the extract JSON files and the
-progress samples of the all-extractor run; tolerant of steps that failed, timed out or were
-skipped (their entries say so). Only the standard library, so it runs wherever the script does.
+Reads the steps' --json reports under WORK, the all-extractor run's log under WORK/logs and
+its progress samples; tolerant of steps that failed, timed out or were skipped (their entries
+say so). Needs the repository on PYTHONPATH (h200.sh sets it), nothing beyond the standard
+library and pipeline.report.
 
     python benchmarks/h200_summary.py --work /tmp/avvp-bench --out $OUT --clips-all 1000
 """
@@ -15,8 +16,7 @@ import json
 import re
 from pathlib import Path
 
-NUM = r"([0-9]+(?:\.[0-9]+)?)"
-
+from pipeline.report import atomic_write_json
 
 def read(path: Path) -> str:
     try:
@@ -43,39 +43,25 @@ def _num(text: str) -> float | None:
         return None
 
 
-def train(text: str) -> dict:
-    """benchmarks/train.py's printed lines -> numbers (None where a line is missing)."""
-    def find(pattern: str, group: int = 1) -> float | None:
-        match = re.search(pattern, text)
-        return float(match.group(group)) if match else None
-
-    epochs = re.search(rf"(\d+) epochs \(train \+ val predict\): {NUM} s \({NUM} s/epoch\)", text)
-    out = {
-        "model_alone_steps_per_s": find(rf"model alone: {NUM} steps/s"),
-        "full_loop_steps_per_s": find(rf"full loop:\s+{NUM} steps/s"),
-        "full_loop_s_per_epoch": find(rf"full loop:\s+{NUM} steps/s \({NUM} s per epoch\)", 2),
-        "ratio_loop_over_model": find(rf"ratio full / model-alone throughput: {NUM}"),
-        "data_ms_per_step": find(rf"data handling alone: {NUM} ms/step"),
-        "cuda_epochs": int(epochs.group(1)) if epochs else None,
-        "cuda_epochs_s": float(epochs.group(2)) if epochs else None,
-        "cuda_s_per_epoch": float(epochs.group(3)) if epochs else None,
-    }
-    per_epoch = out["cuda_s_per_epoch"] or out["full_loop_s_per_epoch"]
-    out["recipe_40_epochs_s"] = (out["cuda_epochs_s"] if out["cuda_epochs"] == 40
-                                 else round(40 * per_epoch, 1) if per_epoch else None)
-    out["recipe_40_epochs_measured"] = out["cuda_epochs"] == 40
-    return out
-
-
-def select(text: str) -> dict | None:
-    """The JSON object benchmarks/select_pairings.py prints (indent 2: from a '{' line to a '}' line)."""
-    lines = text.splitlines()
+def read_json(path: Path) -> dict | None:
+    """A step's --json report; None when the step wrote none (failed, timed out, skipped)."""
     try:
-        begin = lines.index("{")
-        end = lines.index("}", begin)
-        return json.loads("\n".join(lines[begin:end + 1]))
-    except (ValueError, json.JSONDecodeError):
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
         return None
+
+
+def train(report: dict | None) -> dict:
+    """benchmarks/train.py's --json report, plus the 40-epoch recipe time (measured or from s/epoch)."""
+    out = dict.fromkeys(("model_alone_steps_per_s", "full_loop_steps_per_s", "ratio_loop_over_model",
+                         "cuda_epochs", "cuda_epochs_s"))
+    out.update(report or {})
+    measured = out["cuda_epochs"] == 40
+    per_epoch = (out["cuda_epochs_s"] / out["cuda_epochs"] if out["cuda_epochs"]
+                 else out.get("full_loop_s_per_epoch"))
+    out["recipe_40_epochs_s"] = out["cuda_epochs_s"] if measured else round(40 * per_epoch, 1) if per_epoch else None
+    out["recipe_40_epochs_measured"] = measured
+    return out
 
 
 def extract_models(out: Path) -> dict:
@@ -162,14 +148,14 @@ def main() -> None:
     step_rows = steps(args.out)
     summary = {
         "steps": step_rows,
-        "train_fp32": train(read(logs / "train_fp32.log")),
-        "train_bf16": train(read(logs / "train_bf16.log")),
-        "select": select(read(logs / "select.log")),
+        "train_fp32": train(read_json(args.work / "train_fp32.json")),
+        "train_bf16": train(read_json(args.work / "train_bf16.json")),
+        "select": read_json(args.work / "select.json"),
         "extract_models": extract_models(args.out),
         "extract_all": extract_all(args.out, read(logs / "extract_all.log"), args.clips_all, args.stores,
                                    step_rows.get("extract_all", {}).get("wall_s")),
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(args.out / "summary.json", summary)
 
     print("=" * 30, "summary", "=" * 30)
     for name, row in step_rows.items():

@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=0, help="pairings per group (0 = auto: cuda 10, cpu 1)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--workdir", default=None, help="where the simulated cache goes (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="also write the printed report here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,6 +103,10 @@ def main() -> None:
         "top3": [r["pairing"] for r in ranking["pairings"][:3]],
     }
     print(json.dumps(report, indent=2))
+    if args.json:
+        from pipeline.report import atomic_write_json
+
+        atomic_write_json(args.json, report)
     print(f"target ratio <= 3: {'met' if report['ratio_rank10_over_one'] <= 3 else 'NOT met'}")
 
 

@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating timings of each; best kept")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--cuda-epochs", type=int, default=40, help="with a cuda device: time this many epochs")
+    parser.add_argument("--json", default=None, help="also write the printed numbers here")
     args = parser.parse_args()
 
     from pipeline.train import TrainConfig, determinism, _new_state, predict_on_device
@@ -139,6 +140,11 @@ def main() -> None:
         data = min(data_alone(split, config, epoch) for epoch in range(1, 4))
         print(f"data handling alone: {1e3 * data / steps:.3f} ms/step; model alone {1e3 * best_alone / steps:.1f} "
               f"ms/step; best reachable ratio {best_alone / (best_alone + data):.4f}")
+        report = {"device": args.device, "precision": args.precision, "clips": args.clips, "steps": steps,
+                  "model_alone_steps_per_s": round(steps / best_alone, 1),
+                  "full_loop_steps_per_s": round(steps / best_loop, 1), "full_loop_s_per_epoch": round(best_loop, 2),
+                  "ratio_loop_over_model": round(best_alone / best_loop, 3),
+                  "data_ms_per_step": round(1e3 * data / steps, 3), "cuda_epochs": None, "cuda_epochs_s": None}
         if torch.device(args.device).type == "cuda":
             val = make_split(649, args.device, seed=1)
             sync(args.device)
@@ -151,6 +157,11 @@ def main() -> None:
             total = time.perf_counter() - started
             print(f"{args.cuda_epochs} epochs (train + val predict): {total:.1f} s "
                   f"({total / args.cuda_epochs:.2f} s/epoch)")
+            report.update(cuda_epochs=args.cuda_epochs, cuda_epochs_s=round(total, 1))
+    if args.json:
+        from pipeline.report import atomic_write_json
+
+        atomic_write_json(args.json, report)
 
 
 if __name__ == "__main__":
