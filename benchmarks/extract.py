@@ -55,10 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def clip_folder(args: argparse.Namespace, scratch: Path) -> Path:
-    """The clips to run on: --videos, or --synth N rendered by pipeline.synth (320x240, 30 fps)."""
+    """The clips to run on: --videos, or --synth N rendered by avvp_pipe.pipeline.synth (320x240, 30 fps)."""
     if args.videos is not None:
         return args.videos
-    from pipeline.synth import synthesize
+    from avvp_pipe.pipeline.synth.clips import synthesize
 
     out = scratch / "synth"
     synthesize(out, args.synth, seed=0, size=(320, 240), progress=False)
@@ -85,7 +85,7 @@ def bench_decode(tasks, extractors, opts, rates, prepare: bool) -> float:
     """Seconds to decode (and optionally prepare) every task with opts.decode_workers threads."""
     import queue as queue_mod
 
-    from pipeline.decode import decode_clip, shutdown_worker
+    from avvp_pipe.pipeline.decode.clip import decode_clip, shutdown_worker
 
     todo: queue_mod.Queue = queue_mod.Queue()
     for task in tasks:
@@ -125,7 +125,8 @@ def synthetic_batches(extractors, opts) -> dict:
     (oneDNN/cuDNN kernel selection) so neither timed stage pays for it."""
     import torch
 
-    from pipeline.extract import DEFAULT_BATCH, _Batcher, _channels_last
+    from avvp_pipe.pipeline.extract import DEFAULT_BATCH
+    from avvp_pipe.pipeline.extract.engine import _Batcher, _channels_last
 
     out = {}
     for name, ex in extractors.items():
@@ -176,7 +177,7 @@ def _sync(device) -> None:
 
 def bench_end_to_end(videos: Path, extractors, opts, scratch: Path) -> tuple[float, int, object]:
     """Seconds for the extract engine over every clip, into a fresh cache; (seconds, clips, result)."""
-    from pipeline.extract import Engine, find_clips, open_stores, plan_tasks
+    from avvp_pipe.pipeline.extract import Engine, find_clips, open_stores, plan_tasks
 
     clips = find_clips(videos, dataset="bench")
     stores = open_stores(str(scratch / "cache"), clips, extractors, opts, str(videos))
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from pipeline.extract import (
+    from avvp_pipe.pipeline.extract import (
         ExtractOptions,
         audio_rates,
         build_extractors,
@@ -249,20 +250,20 @@ def main(argv: list[str] | None = None) -> dict:
                         "decode+prepare/model": fps["decode+prepare"] / fps["model"]}
     print_report(report)
     if args.json:
-        from pipeline.report import atomic_write_json
+        from avvp_pipe.core.io import atomic_write_json
 
         atomic_write_json(args.json, report)
     return report
 
 
 def _all_tasks(clips, names):
-    from pipeline.extract import ClipTask
+    from avvp_pipe.pipeline.extract import ClipTask
 
     return [ClipTask(cid, clips.paths[cid], tuple(names)) for cid in clips.work_ids if cid in clips.paths]
 
 
 def print_report(report: dict) -> None:
-    from pipeline.report import table
+    from avvp_pipe.core.fmt import table
 
     print(f"extractors {','.join(report['extractors'])}: {report['clips']} clips ({report['frames']} frames), "
           f"device {report['device']} {report['precision']}, torch threads {report['torch_threads']}, "

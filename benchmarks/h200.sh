@@ -115,7 +115,7 @@ run_step() {
     return 0
 }
 
-AVVP=("$PY" -c 'from pipeline.cli import main; main()')   # the `avvp-pipe` console script
+AVVP=("$PY" -c 'from avvp_pipe.pipeline.cli import main; main()')   # the `avvp-pipe` console script
 
 # ---------------------------------------------------------------- setup
 log "avvp-pipe H200 benchmark: device $DEVICE, small $SMALL, budget ${BUDGET}s, extraction $PRECISION, decode workers $DW"
@@ -162,8 +162,8 @@ for name in ("numpy", "scipy", "torchvision", "timm", "zarr", "numcodecs", "dask
         print(f"  {name:16s} {version:12s} {os.path.dirname(mod.__file__ or '')}")
     except Exception as err:  # noqa: BLE001
         print(f"  {name:16s} IMPORT FAILED: {type(err).__name__}: {err}")
-from extractors import registry
-from pipeline.extract import resolve_names
+from avvp_pipe.extractors import registry
+from avvp_pipe.pipeline.extract import resolve_names
 for name in resolve_names(None):
     avail = registry.availability(name, None)
     print(f"  extractor {name:14s} missing packages: {avail['missing_packages'] or 'none'}")

@@ -3,7 +3,7 @@
 Reads the steps' --json reports under WORK, the all-extractor run's log under WORK/logs and
 its progress samples; tolerant of steps that failed, timed out or were skipped (their entries
 say so). Needs the repository on PYTHONPATH (h200.sh sets it), nothing beyond the standard
-library and pipeline.report.
+library and avvp_pipe.core.io.
 
     python benchmarks/h200_summary.py --work /tmp/avvp-bench --out $OUT --clips-all 1000
 """
@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from pipeline.report import atomic_write_json
+from avvp_pipe.core.io import atomic_write_json
 
 def read(path: Path) -> str:
     try:

@@ -44,7 +44,7 @@ def main() -> None:
                         help="empty the page cache first (root only), so the fresh import reads from disk")
     args = parser.parse_args()
 
-    from cache.npy_io import import_npy
+    from avvp_pipe.cache.npy_io import import_npy
 
     work = Path(args.workdir)
     src = work / f"npy-{args.frames}x{args.dim}-{args.clips}"
@@ -68,8 +68,8 @@ def main() -> None:
         s = summary["seconds"]
         print(f"{label}: {summary['imported']} imported, {summary['skipped_done']} skipped in {s:.1f} s "
               f"({args.clips / s:.0f} files/s, {mb / s:.0f} MB/s of float32)")
-    from cache import open_store
-    from pipeline.pairing import read_per_second
+    from avvp_pipe.cache import open_store
+    from avvp_pipe.pipeline.train.pairing import read_per_second
 
     store = open_store(summary["store"])
     started = time.perf_counter()

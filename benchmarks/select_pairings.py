@@ -3,7 +3,7 @@
 The issue's target: ranking 10 pairings (upper bound, i.e. trained, epoch-picked and scored
 on the test split) costs at most 3x the time of training ONE pairing the usual way (train
 split, epoch picked on val, scored on test), on the same hardware. Simulated stores
-(``pipeline.synth_features``) at LLP's split proportions (train 84.4 %, val 5.5 %, test
+(``avvp_pipe.pipeline.synth.features``) at LLP's split proportions (train 84.4 %, val 5.5 %, test
 10.1 %) stand in for real features: 2 audio x 5 visual extractors at real widths.
 
 Timed, each from features already in the cache (loading included, as in a real run):
@@ -62,9 +62,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*simulated features.*")
 
-    from pipeline.pairing import load_pairing
-    from pipeline.train import TrainConfig, train_pairing
-    from selection.upper_bound import Candidates, SelectOptions, protocol_config, run_select
+    from avvp_pipe.pipeline.train.pairing import load_pairing
+    from avvp_pipe.pipeline.train import TrainConfig, train_pairing
+    from avvp_pipe.selection.upper_bound import Candidates, SelectOptions, protocol_config, run_select
     from tests.featuresets import make_annotations, make_cache
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_select_"))
@@ -104,7 +104,7 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     if args.json:
-        from pipeline.report import atomic_write_json
+        from avvp_pipe.core.io import atomic_write_json
 
         atomic_write_json(args.json, report)
     print(f"target ratio <= 3: {'met' if report['ratio_rank10_over_one'] <= 3 else 'NOT met'}")

@@ -37,8 +37,8 @@ import time
 
 import numpy as np
 
-from pipeline.llp import NUM_CLASSES, load_annotations  # noqa: E402
-from pipeline.synth_features import (  # noqa: E402
+from avvp_pipe.pipeline.llp.annotations import NUM_CLASSES, load_annotations  # noqa: E402
+from avvp_pipe.pipeline.synth.features import (  # noqa: E402
     SimulatedExtractor,
     _shared_prototypes,
     _Simulator,

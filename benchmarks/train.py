@@ -5,7 +5,7 @@ Adam 3e-4, deterministic mode as in a run) on random in-memory features:
 
 - model alone: forward + BCE + backward + Adam step on ONE fixed batch already on the device
   (no data handling at all), as many steps as an epoch has;
-- full loop: ``pipeline.train._train_epoch``, the loop ``train`` runs (batch_order, one index
+- full loop: ``avvp_pipe.pipeline.train.engine.train_epoch``, the loop ``train`` runs (batch_order, one index
   copy per epoch, index_select per step, loss, step, one host sync per epoch).
 
 The ratio (model-alone time / loop time) says how much the loop costs on top of the model;
@@ -35,8 +35,8 @@ def sync(device: str) -> None:
 
 def make_split(n: int, device: str, seed: int = 0):
     """Random ReLU-like features at the official dims and 1-3 labels per clip, moved once."""
-    from pipeline.pairing import SplitArrays
-    from pipeline.train import to_device
+    from avvp_pipe.pipeline.train.engine import to_device
+    from avvp_pipe.pipeline.train.pairing import SplitArrays
 
     rng = np.random.default_rng(seed)
     feats = {name: np.abs(rng.standard_normal((n, 10, dim), dtype=np.float32))
@@ -49,17 +49,25 @@ def make_split(n: int, device: str, seed: int = 0):
     return to_device(arrays, device)
 
 
+class _Features:
+    """Stands in for a pairing's data: the engine only needs its widths and a name here."""
+
+    def __init__(self, dims: dict) -> None:
+        self.dims, self.name, self.splits = dims, "bench", {}
+
+
 def model_alone(state, split, config, steps: int) -> float:
     """Seconds for ``steps`` optimiser steps on one fixed batch: the model's own cost."""
-    from pipeline.train import _loss_terms
+    from avvp_pipe.pipeline.train.engine import loss_terms
 
     idx = torch.arange(config.batch_size, device=split.audio.device)
     audio, visual, v3, labels = split.rows(idx)  # gathered once, outside the timing
-    state.model.train()
+    run = state.runs[0]
+    run.model.train()
     sync(config.device)
     started = time.perf_counter()
     for _ in range(steps):
-        loss, _, _ = _loss_terms(state.model, state.head, audio, visual, v3, labels, config)
+        loss, _, _ = loss_terms(run.model, run.head, audio, visual, v3, labels, config)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
@@ -73,7 +81,7 @@ def data_alone(split, config, epoch: int) -> float:
     Load from other processes makes the two timings above noisy; this one is small and
     stable, and model / (model + data) is the ratio the loop can reach at best.
     """
-    from pipeline.train import batch_order
+    from avvp_pipe.pipeline.train.engine import batch_order
 
     device = split.audio.device
     sync(config.device)
@@ -94,11 +102,11 @@ def data_alone(split, config, epoch: int) -> float:
 
 
 def full_loop(state, split, config, epoch: int) -> float:
-    from pipeline.train import _train_epoch
+    from avvp_pipe.pipeline.train.engine import train_epoch
 
     sync(config.device)
     started = time.perf_counter()
-    _train_epoch(state, split, config, epoch)  # ends with its one host sync
+    train_epoch(state, [split], epoch)  # ends with its one host sync
     sync(config.device)
     return time.perf_counter() - started
 
@@ -114,7 +122,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the printed numbers here")
     args = parser.parse_args()
 
-    from pipeline.train import TrainConfig, determinism, _new_state, predict_on_device
+    from avvp_pipe.pipeline.train.config import TrainConfig
+    from avvp_pipe.pipeline.train.engine import Member, determinism, new_state, predict_on_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,7 +134,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, device {args.device}, {args.precision}; {args.clips} clips = {steps} steps of {config.batch_size}")
     with determinism(config):
-        state = _new_state(dims, config)
+        state = new_state([Member(_Features(dims), config.seed)], config)
         model_alone(state, split, config, 5)  # warm-up (allocator, kernels)
         alone, loop = [], []
         for repeat in range(args.repeats):
@@ -152,14 +161,14 @@ def main() -> None:
             for epoch in range(1, args.cuda_epochs + 1):
                 full_loop(state, split, config, epoch)
                 state.scheduler.step()
-                predict_on_device(state.model, val, config)  # the per-epoch selection forward
+                predict_on_device(state.runs[0].model, val, config)  # the per-epoch selection forward
             sync(args.device)
             total = time.perf_counter() - started
             print(f"{args.cuda_epochs} epochs (train + val predict): {total:.1f} s "
                   f"({total / args.cuda_epochs:.2f} s/epoch)")
             report.update(cuda_epochs=args.cuda_epochs, cuda_epochs_s=round(total, 1))
     if args.json:
-        from pipeline.report import atomic_write_json
+        from avvp_pipe.core.io import atomic_write_json
 
         atomic_write_json(args.json, report)
 

@@ -31,9 +31,10 @@ from typing import Any, TypeVar
 import numpy as np
 import xxhash
 
-from cache.store import DTYPES, FeatureStore, StoreSpec, UnrealFeaturesWarning, open_or_create, open_store
-from pipeline.errors import AvvpError, PartialFailure, StoreError
-from pipeline.llp import clip_id
+from avvp_pipe.cache.store import DTYPES, FeatureStore, StoreSpec, UnrealFeaturesWarning, open_or_create, open_store
+from avvp_pipe.core.errors import AvvpError, PartialFailure, StoreError
+from avvp_pipe.core.io import TEMP_SUFFIX, atomic_path
+from avvp_pipe.pipeline.llp.annotations import clip_id
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ KNOWN_MODALITIES: dict[str, str] = {
 }
 MODALITIES = ("audio", "visual-2d", "visual-3d")
 BATCH = 32  # clips per write_clips call: ~20 MB of res152 features
-_TMP_MARK = ".npy.tmp"
+#: Temp files of a killed export: ours (core.io) and those of versions before it.
+_TEMP_GLOBS = (f".*.npy.*{TEMP_SUFFIX}", ".*.npy.tmp*")
 _END = object()
 T = TypeVar("T")
 R = TypeVar("R")
@@ -152,20 +154,24 @@ def import_npy(
         "dtype": dtype,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    if bad:
-        err = PartialFailure(f"{len(bad)} of {len(inspected)} files in {src} could not be imported "
-                             f"(e.g. {next(iter(bad))}: {next(iter(bad.values()))}); the other "
-                             f"{len(imported)} are in {store.name}")
-        err.summary = summary  # type: ignore[attr-defined]
-        raise err
     return summary
+
+
+def raise_if_bad(summary: Mapping[str, Any]) -> None:
+    """PartialFailure (exit 1) when some files of an import could not be imported."""
+    bad = summary["bad"]
+    if bad:
+        name, reason = next(iter(bad.items()))
+        raise PartialFailure(f"{len(bad)} of {summary['files']} files in {summary['source']} could not be "
+                             f"imported (e.g. {name}: {reason}); the other {summary['imported'] + summary['skipped_done']} "
+                             f"are in {summary['name']}")
 
 
 def _registry_spec(name: str) -> tuple[Any | None, str]:
     """The registry's spec for ``name``, or None and why not (the registry is optional here)."""
     try:
-        import extractors  # noqa: F401  (imports the family modules, which register themselves)
-        from extractors import registry
+        import avvp_pipe.extractors  # noqa: F401  (imports the family modules, which register themselves)
+        from avvp_pipe.extractors import registry
     except Exception as err:  # noqa: BLE001 - a broken optional import must not stop an import
         return None, f"the extractor registry is unavailable ({type(err).__name__}: {err})"
     try:
@@ -195,7 +201,7 @@ def _inspect_all(src: Path, names: Sequence[str], workers: int, progress: bool) 
     handing a task to a pool (per-file tasks took 2.9 s for 11,849 cached files, a plain
     loop 1.3 s), while threads still overlap the waits of a cold or network disk.
     """
-    from pipeline.progress import Progress
+    from avvp_pipe.core.progress import Progress
 
     bar = Progress(len(names), "reading headers", unit="files", enabled=progress)
     blocks = [names[i : i + _HEADER_BLOCK] for i in range(0, len(names), _HEADER_BLOCK)]
@@ -270,7 +276,7 @@ def _header_error(item: _Inspected) -> str | None:
 def _clip_list(inspected: Sequence[_Inspected], annotations) -> tuple[list[str], dict[str, str], str]:
     """The store's clip list: the annotations' full list, or the ids of the files found."""
     if annotations is not None:
-        from pipeline.llp import load_annotations
+        from avvp_pipe.pipeline.llp.annotations import load_annotations
 
         ann = load_annotations(annotations, require_dense=False)
         return list(ann.clips), {cid: clip.split for cid, clip in ann.clips.items()}, f"annotations {ann.root}"
@@ -395,7 +401,7 @@ def _load_and_write(src: Path, store: FeatureStore, todo: Sequence[_Inspected], 
     loads the next ones: reading, hashing and compressing all release the GIL, so this
     keeps every core busy.
     """
-    from pipeline.progress import Progress
+    from avvp_pipe.core.progress import Progress
 
     bar = Progress(len(todo), f"importing into {store.name}", enabled=progress)
     written = 0
@@ -529,9 +535,10 @@ def export_npy(
 def _remove_stale_temp_files(out: Path) -> int:
     """Temp files left by a killed export (only our own naming pattern)."""
     count = 0
-    for path in out.glob(f".*{_TMP_MARK}*"):
-        path.unlink(missing_ok=True)
-        count += 1
+    for pattern in _TEMP_GLOBS:
+        for path in out.glob(pattern):
+            path.unlink(missing_ok=True)
+            count += 1
     return count
 
 
@@ -550,7 +557,7 @@ def _npy_ok(path: Path, shape: tuple[int, ...]) -> bool:
 
 def _write_files(store: FeatureStore, out: Path, todo: Sequence[str], names: Mapping[str, str],
                  workers: int, progress: bool) -> None:
-    from pipeline.progress import Progress
+    from avvp_pipe.core.progress import Progress
 
     bar = Progress(len(todo), f"exporting {store.name}", enabled=progress)
     with warnings.catch_warnings(), ThreadPoolExecutor(max(1, workers)) as pool:
@@ -562,7 +569,5 @@ def _write_files(store: FeatureStore, out: Path, todo: Sequence[str], names: Map
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
-    os.replace(tmp, path)

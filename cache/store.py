@@ -22,7 +22,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import hashlib
 import json
@@ -32,7 +31,6 @@ import platform
 import socket
 import sys
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +41,8 @@ import fsspec
 import numpy as np
 import zarr
 
-from pipeline.errors import AvvpError, StoreError
+from avvp_pipe.core.errors import AvvpError, PartialFailure, StoreError
+from avvp_pipe.core.io import atomic_write_bytes, atomic_write_url
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +313,7 @@ class FeatureStore:
         return _join(self.url, "records", f"{cid}.json")
 
     def _write_record(self, cid: str, record: Mapping[str, Any]) -> None:
-        _atomic_write_bytes(self._record_path(cid), json.dumps(record, default=str).encode())
+        atomic_write_url(self._record_path(cid), json.dumps(record, default=str).encode())
 
     def record(self, cid: str) -> dict[str, Any] | None:
         """The per-clip note or failure reason, if any was written."""
@@ -506,29 +505,7 @@ def _write_local_rows(array: zarr.Array, layout: tuple[str, Any], idx: Sequence[
     for k, row in enumerate(idx):
         path = os.path.join(folder, "c", str(int(row)), inner) if inner else os.path.join(folder, "c", str(int(row)))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.partial"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(zstd.encode(rows[k : k + 1]))  # (1, ...): exactly one chunk
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-
-def _atomic_write_bytes(url: str, data: bytes) -> None:
-    """Write a small file atomically: temp file then rename on local disks."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if getattr(fs, "protocol", None) in ("file", ("file", "local")) or fs.__class__.__name__ == "LocalFileSystem":
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    else:  # object stores write a key in one request; memory:// is in-process
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        fs.pipe_file(path, data)
+        atomic_write_bytes(path, zstd.encode(rows[k : k + 1]))  # (1, ...): exactly one chunk
 
 
 def store_url(root: str, dataset: str, extractor: str, key: str) -> str:
@@ -772,3 +749,26 @@ def _chunk_indices(store: FeatureStore) -> set[int] | None:
         if len(parts) >= 3 and parts[-3].isdigit() and parts[-2] == "0" and parts[-1] == "0":
             present.add(int(parts[-3]))
     return present
+
+
+def stores_at(target: str) -> list[FeatureStore]:
+    """One store if ``target`` is a store, else every store under the cache root ``target``."""
+    try:
+        return [open_store(target)]
+    except StoreError:
+        stores = list_stores(target)
+    if not stores:
+        raise StoreError(f"{target}: neither a feature store nor a cache folder with stores")
+    return stores
+
+
+def verify_all(target: str) -> list[dict[str, Any]]:
+    """:func:`verify` of one store, or of every store under a cache root."""
+    return [verify(store) for store in stores_at(target)]
+
+
+def raise_if_reset(reports: Sequence[Mapping[str, Any]]) -> None:
+    """PartialFailure (exit 1) when verify sent any clip back to pending."""
+    reset = sum(len(r["reset"]) for r in reports)
+    if reset:
+        raise PartialFailure(f"{reset} clips were reset to pending; rerun extraction or import to recompute them")

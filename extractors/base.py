@@ -22,9 +22,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from extractors.registry import ExtractorSpec, jsonable
-from extractors.weights import RANDOM_INIT
-from pipeline.errors import AvvpError, ClipError
+from avvp_pipe.core.io import jsonable
+from avvp_pipe.extractors.registry import ExtractorSpec
+from avvp_pipe.extractors.weights import RANDOM_INIT
+from avvp_pipe.core.errors import AvvpError, ClipError
 
 #: Bump when the meaning of config() fields changes, so old store keys stop matching.
 CONFIG_VERSION = 1

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from extractors import preprocess, weights
-from extractors.base import Extractor
-from extractors.registry import ExtractorSpec, register
+from avvp_pipe.extractors import preprocess, weights
+from avvp_pipe.extractors.base import Extractor
+from avvp_pipe.extractors.registry import ExtractorSpec, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from extractors import weights as _weights
-from extractors.base import Extractor
-from extractors.registry import ExtractorSpec, register
-from pipeline.errors import AvvpError, ClipError, WeightsError
+from avvp_pipe.extractors import weights as _weights
+from avvp_pipe.extractors.base import Extractor
+from avvp_pipe.extractors.registry import ExtractorSpec, register
+from avvp_pipe.core.errors import AvvpError, ClipError, WeightsError
+from avvp_pipe.core.io import atomic_torch_save
 
 # --------------------------------------------------------------------------------------
 # Constants (the numbers openl3 uses; everything that changes features is here, as data)
@@ -541,20 +542,12 @@ def _plain_h5(path: Path) -> Iterator[Path]:
 
 
 def _atomic_torch_save(state: Mapping[str, torch.Tensor], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save(dict(state), tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(dict(state), out)
 
 
 def openl3_weights_dir(weights_dir: str | Path | None = None) -> Path:
     """Where converted state dicts live: ``<weights_dir>/openl3``, or, without one, the
-    ``openl3`` folder of the shared weights cache (``extractors.weights``: torch hub's
+    ``openl3`` folder of the shared weights cache (``avvp_pipe.extractors.weights``: torch hub's
     ``checkpoints``), so ``extractors list`` and the builders look where the importer wrote."""
     root = Path(weights_dir).expanduser() if weights_dir is not None else _weights.hub_checkpoints_dir()
     return root / "openl3"

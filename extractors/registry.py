@@ -4,25 +4,25 @@ As in timm's ``default_cfgs``, everything that says what an extractor computes (
 sample rate or image size, mean/std, which layer, which weights file) is data in an
 :class:`ExtractorSpec`, so it can be listed, shown, hashed into a cache key and checked
 against the source libraries in tests, without building any model. Family modules
-(``extractors.vggish``, ``extractors.imagenet``, ``extractors.video3d``, ...) call
+(``avvp_pipe.extractors.vggish``, ``avvp_pipe.extractors.imagenet``, ``avvp_pipe.extractors.video3d``, ...) call
 :func:`register` at import time; :func:`create` looks the name up and calls the builder.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import AvvpError, WeightsError
+from avvp_pipe.core.errors import AvvpError, WeightsError
+from avvp_pipe.core.io import jsonable
 
 if TYPE_CHECKING:  # torch stays out of the import path of `avvp-pipe extractors list`
     import torch
 
-    from extractors.base import Extractor
+    from avvp_pipe.extractors.base import Extractor
 
 MODALITIES = ("audio", "visual-2d", "visual-3d")
 
@@ -51,17 +51,6 @@ class ExtractorSpec:
     def to_dict(self) -> dict[str, Any]:
         """A deep, JSON-friendly copy (tuples become lists) for ``extractors show`` and configs."""
         return jsonable(asdict(self))
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with mappings as dicts and tuples as lists, so json.dumps accepts it."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return copy.deepcopy(value)
 
 
 #: name -> spec; family modules fill it at import time through :func:`register`.
@@ -124,7 +113,7 @@ def create(
     """
     import torch
 
-    from extractors.base import Extractor, resolve_options
+    from avvp_pipe.extractors.base import Extractor, resolve_options
 
     spec = get_spec(name)
     missing = missing_packages(spec)
@@ -159,7 +148,7 @@ def availability(name: str, weights_dir: str | Path | None = None) -> dict[str, 
     No extractor package is imported and nothing is downloaded or hashed, so listing every
     extractor stays fast.
     """
-    from extractors import weights
+    from avvp_pipe.extractors import weights
 
     spec = get_spec(name)
     missing = missing_packages(spec)

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from extractors import preprocess, weights
-from extractors.base import Extractor
-from extractors.registry import ExtractorSpec, register
+from avvp_pipe.extractors import preprocess, weights
+from avvp_pipe.extractors.base import Extractor
+from avvp_pipe.extractors.registry import ExtractorSpec, register
 
 _RELEASE = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
 

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from extractors import preprocess, weights
-from extractors.base import Extractor
-from extractors.registry import ExtractorSpec, register
+from avvp_pipe.extractors import preprocess, weights
+from avvp_pipe.extractors.base import Extractor
+from avvp_pipe.extractors.registry import ExtractorSpec, register
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)

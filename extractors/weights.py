@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import WeightsError
+from avvp_pipe.core.errors import WeightsError
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.errors import AvvpError, WeightsError
+from avvp_pipe.core.errors import AvvpError, WeightsError
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.errors import AvvpError
-from pipeline.llp import NUM_CLASSES, SECONDS
+from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.pipeline.llp.annotations import NUM_CLASSES, SECONDS
 
 GATES: tuple[str, ...] = ("fused", "modality")
 LEVELS: tuple[str, ...] = ("segment", "event")
 #: Keys of one level in :func:`llp_scores`, in the order papers print them.
 SCORE_KEYS: tuple[str, ...] = ("audio", "visual", "audio_visual", "type_at_av", "event_at_av")
+
+
+def metric_names() -> list[str]:
+    """Every score a run can be selected or ranked by: ``average`` and ``<level>.<score>``."""
+    return ["average"] + [f"{level}.{key}" for level in LEVELS for key in SCORE_KEYS]
 
 
 class Counts(NamedTuple):

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.errors import AvvpError
+from avvp_pipe.core.errors import AvvpError
 
 Variant = Literal["part", "entire"]
 Anchor = Literal["audio", "visual", "both"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.errors import AvvpError
+from avvp_pipe.core.errors import AvvpError
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pipeline.errors import AvvpError
+from avvp_pipe.core.errors import AvvpError
 
 MATCHES = ("any", "exact")
 #: Bytes per (query, candidate) pair while a block is processed: similarity (4), sort

@@ -1,3 +1,5 @@
-"""avvp-pipe: stage orchestration, decoding, the LLP data model and the CLI."""
+"""avvp_pipe.pipeline: the stages, one subpackage each (llp, decode, extract, train, evaluate,
+analyze, synth) and the command line (cli). See ARCHITECTURE.md for what imports what.
 
-__version__ = "0.1.0"
+This ``__init__`` imports nothing, so importing one stage never drags in the others.
+"""

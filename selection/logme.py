@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import AvvpError
-from pipeline.pairing import SplitArrays
+from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.pipeline.train.pairing import SplitArrays
 
 _TINY = 1e-12
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pipeline.report import human_seconds, table
-from selection import stats
-from pipeline.report import atomic_write_text, save_figure
-from selection.results import _jsonable
+from avvp_pipe.core.fmt import human_seconds, table
+from avvp_pipe.selection import stats
+from avvp_pipe.core.io import atomic_write_json, atomic_write_text, save_figure
 
 #: column -> protocol whose result fills it
 COLUMNS = {"f1": "upper-bound", "f2": "traditional", "logme": "logme"}
@@ -97,7 +95,7 @@ def _num(value: float | None) -> str:
 def write_outputs(out: str | Path, ranking: Mapping) -> list[Path]:
     """ranking.json, ranking.csv, ranking.png and (with F1 and F2) f1_f2.png, each atomically."""
     out = Path(out)
-    written = [atomic_write_text(out / "ranking.json", json.dumps(_jsonable(ranking), indent=2) + "\n"),
+    written = [atomic_write_json(out / "ranking.json", ranking),
                atomic_write_text(out / "ranking.csv", to_csv(ranking["pairings"]))]
     written.append(bar_chart(out / "ranking.png", ranking))
     if "f2" in ranking["pairings"][0] and "f1" in ranking["pairings"][0]:

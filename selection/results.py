@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.errors import AvvpError
-from pipeline.report import atomic_write_text
-from pipeline.llp import Annotations
+from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.core.io import atomic_write_json
+from avvp_pipe.pipeline.llp.annotations import Annotations
 
 SUBDIR = "pairings"
 
@@ -60,20 +59,5 @@ def load_result(path: Path) -> dict | None:
 
 
 def save_result(path: Path, result: Mapping[str, Any]) -> Path:
-    """Write atomically (temp file in the same folder, then os.replace)."""
-    return atomic_write_text(path, json.dumps(_jsonable(result), indent=2) + "\n")
-
-
-def _jsonable(value: Any) -> Any:
-    """numpy scalars/arrays and tuples to plain JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN; null reads as "undefined" (e.g. tau of a constant ranking)
-    return value
+    """Write atomically (temp file in the same folder, then os.replace), as strict JSON."""
+    return atomic_write_json(path, result)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import stats
 
-from pipeline.errors import AvvpError
+from avvp_pipe.core.errors import AvvpError
 
 
 def ranks(scores: Mapping[str, float]) -> dict[str, int]:

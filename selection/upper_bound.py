@@ -4,11 +4,11 @@
   purpose: the paper's claim is that it ranks pairings as the traditional protocol does, at
   the cost of training on the (LLP: 8x smaller) test split only.
 - traditional (F2, ``--validate``): train on train, pick the epoch on val, score on test.
-- LogME (``--method logme|both``): no training at all (:mod:`selection.logme`).
+- LogME (``--method logme|both``): no training at all (:mod:`avvp_pipe.selection.logme`).
 
 Every store of every pairing is checked before any training starts (missing clips, datasets,
 random-init and simulated features), so a bad candidate fails the run at once rather than
-after hours. Each pairing's result is a file of its own (:mod:`selection.results`).
+after hours. Each pairing's result is a file of its own (:mod:`avvp_pipe.selection.results`).
 """
 
 from __future__ import annotations
@@ -19,21 +19,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
-from cache.store import FeatureStore, check_usable
-from pipeline.errors import AvvpError
-from pipeline.llp import Annotations
-from pipeline.pairing import ROLES, check_complete, load_pairing, open_pairing_stores
-from pipeline.train import TrainConfig, TrainResult, metric_value, train_pairing
-from selection import logme as logme_mod
-from selection.results import labels_digest, load_result, result_key, result_path, save_result
+from avvp_pipe.cache.store import FeatureStore, check_usable
+from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.pipeline.llp.annotations import Annotations
+from avvp_pipe.pipeline.train.pairing import ROLES, check_complete, load_pairing, open_pairing_stores
+from avvp_pipe.pipeline.train.config import TrainConfig
+from avvp_pipe.pipeline.train.engine import Member, TrainResult, can_group, metric_value, train_group
+from avvp_pipe.selection import logme as logme_mod
+from avvp_pipe.selection.methods import METHODS, PROTOCOLS
+from avvp_pipe.selection.results import labels_digest, load_result, result_key, result_path, save_result
 
 log = logging.getLogger(__name__)
 
-#: protocol -> (train_split, select_split, eval_split)
-PROTOCOLS = {"upper-bound": ("test", "test", "test"), "traditional": ("train", "val", "test")}
-METHODS = ("upper-bound", "logme", "both")
-#: TrainConfig fields that change where a run executes, not its result: not part of the key.
-NOT_KEYED = ("device",)
 LOGME_SPLIT = "test"
 
 Notify = Callable[[str], None]
@@ -121,18 +118,17 @@ def auto_parallel(config: TrainConfig) -> int:
 
 def train_datas(datas: list, annotations: Annotations, config: TrainConfig, parallel: int, progress: bool,
                 notify: Notify) -> tuple[list[TrainResult], str]:
-    """Train a group batched when possible, else one at a time; says which it did."""
-    from selection.batched import can_batch, train_group
-
-    reason = can_batch(config) if len(datas) > 1 and parallel > 1 else None
+    """Train a group in one grouped run when possible, else one at a time; says which it did."""
+    members = [Member(d, config.seed) for d in datas]
+    reason = can_group(config) if len(datas) > 1 and parallel > 1 else None
     if len(datas) > 1 and parallel > 1 and reason is None:
         try:
-            return train_group(datas, annotations, config, progress=progress), f"batched x{len(datas)}"
+            return train_group(members, annotations, config, progress=progress), f"batched x{len(datas)}"
         except RuntimeError as err:  # e.g. out of memory for the group: the pairings still train alone
             reason = f"batched training failed ({str(err).splitlines()[0]})"
     if reason:
         notify(f"training {', '.join(d.name for d in datas)} one at a time: {reason}")
-    return [train_pairing(d, annotations, config, None, progress=progress) for d in datas], "alone"
+    return [train_group([m], annotations, config, progress=progress)[0] for m in members], "alone"
 
 
 def run_protocol(cands: Candidates, annotations: Annotations, pairings: Sequence[Pairing], config: TrainConfig,
@@ -141,7 +137,7 @@ def run_protocol(cands: Candidates, annotations: Annotations, pairings: Sequence
     """One result dict per pairing (in order): saved ones are reused, the rest trained in groups."""
     cfg = protocol_config(config, protocol, score)
     splits = list(dict.fromkeys(PROTOCOLS[protocol]))
-    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_KEYED}
+    settings = cfg.keyed()
     labels = labels_digest(annotations, splits)
     paths = [result_path(out, p.name, protocol, result_key(p.store_keys(), protocol, settings, labels))
              for p in pairings]
@@ -228,7 +224,7 @@ def needed_splits(options: SelectOptions) -> list[str]:
 def run_select(cands: Candidates, annotations: Annotations, config: TrainConfig, out: str,
                options: SelectOptions, notify: Notify = log.warning) -> dict:
     """Check every pairing, run the chosen protocols, write and return the ranking record."""
-    from selection.report import build_ranking, write_outputs
+    from avvp_pipe.selection.report import build_ranking, write_outputs
 
     if options.method not in METHODS:
         raise AvvpError(f"--method: expected one of {', '.join(METHODS)} but got {options.method!r}")

@@ -38,7 +38,7 @@ def expected_clip(index: int, shape: tuple[int, int] = (T, D)) -> np.ndarray:
 
 
 def spec(shape: tuple[int, int] = (T, D)):
-    from cache import StoreSpec
+    from avvp_pipe.cache import StoreSpec
 
     return StoreSpec(DATASET, EXTRACTOR, "visual-2d", shape, {"writer": "tests/cache_writer.py", "v": 1},
                      kind="simulated", provenance={"note": "test writer"})
@@ -49,7 +49,7 @@ def _hold_before_status(seconds: float) -> None:
 
     Wraps the store's private row writer: the one place data and completion are ordered.
     """
-    import cache.store as store_module
+    import avvp_pipe.cache.store as store_module
 
     write_rows = store_module._write_rows
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from cache import open_or_create
+    from avvp_pipe.cache import open_or_create
 
     if args.hold_before_status is not None:
         _hold_before_status(args.hold_before_status)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.video_io import write_mp4
+from avvp_pipe.pipeline.decode.video_io import write_mp4
 
 #: Bands used to encode the frame index (up to 1023 frames: 34 s at 30 fps).
 N_BITS = 10

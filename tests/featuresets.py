@@ -2,7 +2,7 @@
 
 ``make_annotations`` writes an official-format annotation folder for a synthetic label
 structure (the generator ``avvp-pipe synth`` uses); ``make_cache`` writes simulated stores
-for it with ``pipeline.synth_features``, whose extractor quality is known by construction.
+for it with ``avvp_pipe.pipeline.synth.features``, whose extractor quality is known by construction.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.llp import Annotations, load_annotations
-from pipeline.synth import synthesize_annotations
-from pipeline.synth_features import SimulatedExtractor, synthesize_features
+from avvp_pipe.pipeline.llp.annotations import Annotations, load_annotations
+from avvp_pipe.pipeline.synth.clips import synthesize_annotations
+from avvp_pipe.pipeline.synth.features import SimulatedExtractor, synthesize_features
 
 DATASET = "tiny"
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from models.probe import ProbeConfig, average_precision, clip_split, mean_average_precision, probe
-from models.similarity import headline, modality_metrics, retrieval_metrics
-from pipeline import analyze as lib
-from pipeline.cli import cli
-from pipeline.errors import AnnotationError, AvvpError, StoreError
+from avvp_pipe.models.probe import ProbeConfig, average_precision, clip_split, mean_average_precision, probe
+from avvp_pipe.models.similarity import headline, modality_metrics, retrieval_metrics
+from avvp_pipe.pipeline.analyze import measure as lib
+from avvp_pipe.pipeline.cli import cli
+from avvp_pipe.core.errors import AnnotationError, AvvpError, StoreError
 from tests.featuresets import make_annotations, make_cache
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -260,7 +260,7 @@ def test_cli_help_has_examples():
 @pytest.fixture(scope="module")
 def runs(sim):
     """Two 2-epoch runs of the good pairing: MTSC off, and MTSC entire (head g kept)."""
-    from pipeline.train import TrainConfig, train_run
+    from avvp_pipe.pipeline.train.run import TrainConfig, train_run
 
     out = {}
     for mtsc in ("off", "entire"):
@@ -273,9 +273,9 @@ def runs(sim):
 
 
 def test_run_features_are_the_inputs_of_han_after_g(sim, runs):
-    from cache.store import find_store
-    from pipeline.pairing import read_per_second
-    from pipeline.train import load_run
+    from avvp_pipe.cache.store import find_store
+    from avvp_pipe.pipeline.train.pairing import read_per_second
+    from avvp_pipe.pipeline.train.run import load_run
 
     model, _head, _config = load_run(runs["entire"])
     assert model.visual_head is not None

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import zarr
 
-from cache import (
+from avvp_pipe.cache import (
     DONE,
     FAILED,
     PENDING,
@@ -34,7 +34,7 @@ from cache import (
     open_store,
     verify,
 )
-from pipeline.errors import AvvpError, StoreError
+from avvp_pipe.core.errors import AvvpError, StoreError
 from tests import cache_writer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_float16_round_trip_within_half_ulp(tmp_path):
 @pytest.fixture()
 def chunk_reads(monkeypatch):
     """Every key read from local disk, by zarr or by the store's own chunk reader."""
-    import cache.store as store_module
+    import avvp_pipe.cache.store as store_module
 
     seen: list[str] = []
     original = zarr.storage.LocalStore.get
@@ -266,7 +266,7 @@ def test_all_zero_clip_is_stored_not_reported_missing(store):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_local_chunk_files_are_the_bytes_zarr_writes(tmp_path, dtype):
     """Local stores write chunk files themselves (speed); zarr must read them as its own."""
-    import cache.store as store_module
+    import avvp_pipe.cache.store as store_module
 
     mine = open_or_create(str(tmp_path / "mine"), spec(dtype=dtype), IDS, SPLITS)
     data = relu_like(len(IDS))

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import decode as dec
-from pipeline.decode import (
+from avvp_pipe.pipeline.decode import clip as dec
+from avvp_pipe.pipeline.decode.clip import (
     decode_clip,
     ffmpeg_rate_jpegs,
     official_frame_indices,
     save_npz,
     select_jpeg_positions,
 )
-from pipeline.errors import EXIT_INPUT, ClipError
-from pipeline.video_io import probe, write_mp4
+from avvp_pipe.core.errors import EXIT_INPUT, ClipError
+from avvp_pipe.pipeline.decode.video_io import probe, write_mp4
 from tests import clips
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "llp"
@@ -287,7 +287,7 @@ def test_save_npz_roundtrip(fx, tmp_path):
 
 
 def test_cli_decode_writes_npz(fx, tmp_path):
-    from pipeline.cli import cli
+    from avvp_pipe.pipeline.cli import cli
 
     out = tmp_path / "clip.npz"
     result = CliRunner().invoke(cli, ["decode", str(fx["short"]), "--out", str(out)])
@@ -300,7 +300,7 @@ def test_cli_decode_writes_npz(fx, tmp_path):
 
 
 def test_cli_decode_bad_file(fx, tmp_path):
-    from pipeline.cli import cli
+    from avvp_pipe.pipeline.cli import cli
 
     result = CliRunner().invoke(cli, ["decode", str(fx["garbage"]), "--out", str(tmp_path / "g.npz")])
     assert result.exit_code == EXIT_INPUT

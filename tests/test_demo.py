@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 import pytest
 
-from pipeline.cli import cli
-from pipeline.demo import stages
+from avvp_pipe.pipeline.cli import cli
+from avvp_pipe.pipeline.cli.demo import stages
 
 
 def _resolve(args: list[str]) -> tuple[click.Command, list[str]]:

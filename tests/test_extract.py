@@ -20,19 +20,19 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import extractors  # noqa: F401  (registers the families)
-from cache.store import DONE, list_stores, open_store
-from extractors.registry import REGISTRY, get_spec
-from pipeline.cli import cli
-from pipeline.errors import EXIT_PARTIAL, EXIT_USAGE, EXIT_WEIGHTS, StoreError
-from pipeline.extract import ExtractOptions, find_clips, run_extract
+import avvp_pipe.extractors  # noqa: F401  (registers the families)
+from avvp_pipe.cache.store import DONE, list_stores, open_store
+from avvp_pipe.extractors.registry import REGISTRY, get_spec
+from avvp_pipe.pipeline.cli import cli
+from avvp_pipe.core.errors import EXIT_PARTIAL, EXIT_USAGE, EXIT_WEIGHTS, StoreError
+from avvp_pipe.pipeline.extract import ExtractOptions, find_clips, run_extract
 from tests import clips
 
 REPO = Path(__file__).resolve().parents[1]
 CHEAP = {"vggish"}  # full extract path in every run; r2plus1d_18 has its own test
 SLOW = os.environ.get("AVVP_SLOW_TESTS") == "1"
 N_RESUME = 6  # clips of the resume and dask tests
-pytestmark = pytest.mark.filterwarnings("ignore::cache.store.UnrealFeaturesWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::avvp_pipe.cache.store.UnrealFeaturesWarning")
 PROVENANCE_KEYS = {"created", "host", "libraries", "random_init", "made_by", "weights_identity", "weights_file",
                    "weights_source", "precision", "device", "decode", "videos", "extractor_spec"}
 
@@ -178,8 +178,8 @@ def resume_set(tmp_path_factory):
 
 def test_batched_rows_return_to_their_clips(resume_set):
     """Batches of 16 rows mix clips of 10 rows; each clip must get back exactly its own rows."""
-    from extractors import create
-    from pipeline.decode import decode_clip
+    from avvp_pipe.extractors import create
+    from avvp_pipe.pipeline.decode.clip import decode_clip
 
     ex = create("vggish", random_init=True)
     for i, cid in enumerate(resume_set["ids"][:3]):  # clip 1 straddles the first two batches
@@ -191,7 +191,7 @@ def test_batched_rows_return_to_their_clips(resume_set):
 
 def _extract_cmd(videos: Path, cache: Path, summary: Path) -> list[str]:
     # batch 16 rows = 1.6 clips: batches mix clips, commits land every one or two clips
-    return [sys.executable, "-c", "from pipeline.cli import main; main()", "extract", "--videos", str(videos),
+    return [sys.executable, "-c", "from avvp_pipe.pipeline.cli import main; main()", "extract", "--videos", str(videos),
             "--cache", str(cache), "--extractors", "vggish", "--random-init", "--batch-size", "16",
             "--decode-workers", "1", "--queue", "1", "--quiet", "--summary", str(summary)]
 
@@ -285,7 +285,7 @@ def test_bad_options_one_line_usage_error(case, tmp_path):
 
 
 def test_annotations_split_and_missing_files(tmp_path):
-    from pipeline.llp import Clip, write_annotations
+    from avvp_pipe.pipeline.llp.annotations import Clip, write_annotations
 
     videos = tmp_path / "a" / "videos"
     ids = _normal_clips(videos, 1)
@@ -307,7 +307,7 @@ def test_annotations_split_and_missing_files(tmp_path):
 def test_workers_zero_means_one_per_gpu_else_one(monkeypatch):
     import torch
 
-    from pipeline.extract import auto_workers
+    from avvp_pipe.pipeline.extract.distributed import auto_workers
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert auto_workers() == 1
@@ -318,7 +318,7 @@ def test_workers_zero_means_one_per_gpu_else_one(monkeypatch):
 def test_negative_workers_is_a_usage_error(tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import cli
+    from avvp_pipe.pipeline.cli import cli
 
     result = CliRunner().invoke(cli, ["extract", "--videos", str(tmp_path), "--cache", str(tmp_path / "c"),
                                       "--workers", "-1"])
@@ -326,7 +326,7 @@ def test_negative_workers_is_a_usage_error(tmp_path):
 
 
 def test_event_meter_counts_each_clip_once_whatever_arrives_first():
-    from pipeline.extract import _EventMeter
+    from avvp_pipe.pipeline.extract.distributed import _EventMeter
 
     shown = []
     meter = _EventMeter(shown.append)

@@ -23,15 +23,15 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import extractors  # noqa: F401  (its __init__ registers the families, once wired)
-import extractors.imagenet
-import extractors.video3d
-import extractors.vggish
-from extractors import base, preprocess, registry, weights
-from pipeline.errors import AvvpError, ClipError, WeightsError
+import avvp_pipe.extractors  # noqa: F401  (its __init__ registers the families, once wired)
+import avvp_pipe.extractors.imagenet
+import avvp_pipe.extractors.video3d
+import avvp_pipe.extractors.vggish
+from avvp_pipe.extractors import base, preprocess, registry, weights
+from avvp_pipe.core.errors import AvvpError, ClipError, WeightsError
 
-if importlib.util.find_spec("extractors.openl3") is not None:  # another family, when present
-    importlib.import_module("extractors.openl3")
+if importlib.util.find_spec("avvp_pipe.extractors.openl3") is not None:  # another family, when present
+    importlib.import_module("avvp_pipe.extractors.openl3")
 
 NAMES = sorted(registry.REGISTRY)
 OURS = ("vggish", "resnet152", "vgg19_bn", "senet154", "polynet", "r2plus1d_18")
@@ -268,10 +268,10 @@ def test_r2plus1d_prepare_resizes_without_crop_and_groups_by_8(built):
     items = built("r2plus1d_18").prepare(make_clip(frames))
     assert tuple(items.shape) == (10, 3, 8, 112, 112)
     tf = T.Compose([T.Resize((112, 112)), T.ToTensor(),
-                    T.Normalize(extractors.video3d.KINETICS_MEAN, extractors.video3d.KINETICS_STD)])
+                    T.Normalize(avvp_pipe.extractors.video3d.KINETICS_MEAN, avvp_pipe.extractors.video3d.KINETICS_STD)])
     for k in (0, 13, 79):  # frame k is item k // 8, time step k % 8
         ref = tf(Image.fromarray(frames[k]))
-        _assert_close_to_pil(items[k // 8, :, k % 8][None], ref[None], extractors.video3d.KINETICS_STD,
+        _assert_close_to_pil(items[k // 8, :, k % 8][None], ref[None], avvp_pipe.extractors.video3d.KINETICS_STD,
                              levels=2, frac=0.1)
 
 
@@ -437,7 +437,7 @@ def test_weights_file_in_weights_dir_is_loaded_and_hashed(tmp_path, built, caplo
     assert registry.availability("r2plus1d_18", tmp_path) == {
         "packages": True, "missing_packages": [], "weights": "present", "weights_path": str(path)}
 
-    with caplog.at_level(logging.WARNING, logger="extractors.weights"):
+    with caplog.at_level(logging.WARNING, logger="avvp_pipe.extractors.weights"):
         ex = registry.create("r2plus1d_18", weights_dir=tmp_path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     assert ex.weights_identity == sha[:16] and not ex.random_init
@@ -466,9 +466,9 @@ def test_unreadable_weights_file_is_weights_error(tmp_path):
 
 
 def _cli(args):
-    import pipeline.cli
+    from avvp_pipe.pipeline import cli as cli_mod
 
-    return CliRunner().invoke(pipeline.cli.cli, args)
+    return CliRunner().invoke(cli_mod.cli, args)
 
 
 def test_cli_list_table_and_json(tmp_path):

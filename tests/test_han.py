@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.han import HAN, HANConfig, load_official_han, per_second_mean
-from pipeline.errors import AvvpError, WeightsError
+from avvp_pipe.models.han import HAN, HANConfig, load_official_han, per_second_mean
+from avvp_pipe.core.errors import AvvpError, WeightsError
 
 B, T, FPS, K = 2, 10, 8, 25
 # llp-facts.md section 3: present in the release, never used by forward.
@@ -180,13 +180,13 @@ def test_loads_from_a_file_with_a_dataparallel_prefix(tmp_path):
 def test_unused_official_keys_are_ignored_with_a_note(caplog):
     sd = official_state_dict()
     used_only = {k: v for k, v in sd.items() if not k.startswith(UNUSED)}
-    with caplog.at_level(logging.INFO, logger="models.han"):
+    with caplog.at_level(logging.INFO, logger="avvp_pipe.models.han"):
         full = load_official_han(sd)
     note = caplog.text
     for prefix in UNUSED:
         assert prefix in note
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="models.han"):
+    with caplog.at_level(logging.INFO, logger="avvp_pipe.models.han"):
         lean = load_official_han(used_only)
     assert "ignoring" not in caplog.text
     for key, value in full.state_dict().items():
@@ -206,7 +206,7 @@ def test_a_missing_key_raises_naming_it_unless_not_strict(caplog):
     del sd["hat_encoder.layers.0.norm2.bias"]
     with pytest.raises(AvvpError, match=r"missing key 'hat_encoder\.layers\.0\.norm2\.bias'"):
         load_official_han(sd)
-    with caplog.at_level(logging.WARNING, logger="models.han"):
+    with caplog.at_level(logging.WARNING, logger="avvp_pipe.models.han"):
         model = load_official_han(sd, strict=False)
     assert "hat_encoder.layers.0.norm2.bias" in caplog.text
     torch.testing.assert_close(model.fc_a.weight, sd["fc_a.weight"], rtol=0, atol=0)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.errors import EXIT_INPUT, AnnotationError, AvvpError
-from pipeline.llp import CLASSES, Clip, clip_id, load_annotations, write_annotations
+from avvp_pipe.pipeline.cli import cli
+from avvp_pipe.core.errors import EXIT_INPUT, AnnotationError, AvvpError
+from avvp_pipe.pipeline.llp.annotations import CLASSES, Clip, clip_id, load_annotations, write_annotations
 
 WEAK = "filename\tevent_labels\n"
 DENSE = "filename\tonset\toffset\tevent_labels\n"

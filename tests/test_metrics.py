@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import pipeline.cli
-from models.metrics import (
+from avvp_pipe.pipeline import cli as cli_mod
+from avvp_pipe.models.metrics import (
     event_counts,
     event_f1,
     f1_from_counts,
@@ -25,9 +25,9 @@ from models.metrics import (
     segment_counts,
     segment_f1,
 )
-from pipeline.errors import AvvpError
-from pipeline.evaluate import evaluate_predictions, load_predictions, save_predictions
-from pipeline.llp import CLASSES, Clip, load_annotations, write_annotations
+from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.pipeline.evaluate.scores import evaluate_predictions, load_predictions, save_predictions
+from avvp_pipe.pipeline.llp.annotations import CLASSES, Clip, load_annotations, write_annotations
 
 C, T = 25, 10
 
@@ -552,7 +552,7 @@ def test_cli_writes_json_and_prints_table(small_ann, tmp_path):
     out = tmp_path / "scores.json"
     args = ["evaluate", "--predictions", str(p_path), "--annotations", str(small_ann.root), "--split", "test",
             "--json", str(out)]
-    res = CliRunner().invoke(pipeline.cli.cli, args)
+    res = CliRunner().invoke(cli_mod.cli, args)
     assert res.exit_code == 0, res.output
     assert "Type@AV" in res.output and "Average" in res.output
     data = json.loads(out.read_text())
@@ -567,6 +567,6 @@ def test_cli_missing_clips_exit_code(small_ann, tmp_path):
     pred = _perfect(IDS[5:6])
     p_path = save_predictions(tmp_path / "P.npz", pred["video_ids"], pred["frame_prob"], pred["global_prob"])
     args = ["evaluate", "--predictions", str(p_path), "--annotations", str(small_ann.root), "--split", "test"]
-    res = CliRunner().invoke(pipeline.cli.cli, args)
+    res = CliRunner().invoke(cli_mod.cli, args)
     assert res.exit_code == 3
     assert "2 are missing" in res.output

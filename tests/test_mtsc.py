@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.mtsc import mtsc_loss, time_lag
-from pipeline.errors import AvvpError
+from avvp_pipe.models.mtsc import mtsc_loss, time_lag
+from avvp_pipe.core.errors import AvvpError
 
 SQ = math.sqrt(0.5)  # 1/sqrt(2)
 

@@ -21,9 +21,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from extractors import openl3 as ol3
-from extractors.registry import create
-from pipeline.errors import ClipError, WeightsError
+from avvp_pipe.extractors import openl3 as ol3
+from avvp_pipe.extractors.registry import create
+from avvp_pipe.core.errors import ClipError, WeightsError
 
 SR = 48_000
 AUDIO_WEIGHTED = 16  # 8 Conv2D + 8 BatchNormalization
@@ -263,12 +263,12 @@ def test_import_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_cli_import_openl3(tmp_path: Path) -> None:
-    import pipeline.cli
+    from avvp_pipe.pipeline import cli as cli_mod
 
     h5 = tmp_path / "openl3_audio_mel256_music.h5"
     write_keras_h5(h5, "audio")
     runner = CliRunner()
-    result = runner.invoke(pipeline.cli.cli, ["weights", "import-openl3", str(h5), "--weights-dir",
+    result = runner.invoke(cli_mod.cli, ["weights", "import-openl3", str(h5), "--weights-dir",
                                               str(tmp_path / "w")])
     assert result.exit_code == 0, result.output
     assert f"imported {AUDIO_WEIGHTED} layers" in result.output
@@ -276,7 +276,7 @@ def test_cli_import_openl3(tmp_path: Path) -> None:
 
     junk = tmp_path / "openl3_image_mel256_music.h5"
     junk.write_bytes(b"\x00" * 64)
-    result = runner.invoke(pipeline.cli.cli, ["weights", "import-openl3", str(junk)])
+    result = runner.invoke(cli_mod.cli, ["weights", "import-openl3", str(junk)])
     assert result.exit_code == 4
     assert "not HDF5" in result.output and len(result.output.strip().splitlines()) == 1
 

@@ -1,4 +1,4 @@
-"""pipeline.pairing: what it refuses, and that frame stores become exact per-second means."""
+"""avvp_pipe.pipeline.train.pairing: what it refuses, and that frame stores become exact per-second means."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-from cache.store import StoreSpec, UnrealFeaturesWarning, open_or_create, open_store
-from pipeline.errors import StoreError
-from pipeline.pairing import load_pairing, read_per_second
+from avvp_pipe.cache.store import StoreSpec, UnrealFeaturesWarning, open_or_create, open_store
+from avvp_pipe.core.errors import StoreError
+from avvp_pipe.pipeline.train.pairing import load_pairing, read_per_second
 from tests.featuresets import make_annotations, make_cache
 
 

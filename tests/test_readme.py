@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import pytest
 
-from pipeline.cli import cli
+from avvp_pipe.pipeline.cli import cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -3,9 +3,9 @@
 Simulated stores (tests/featuresets.py) have a quality order known by construction: 3 audio
 x 3 visual extractors at qualities 0.2 / 0.5 / 0.9, so a pairing's expected rank follows the
 sum of its two qualities. To keep the suite fast on one CPU core, HAN is shrunk to
-d_model = ffn = 128 by patching ``pipeline.train.han_config`` (train_pairing and the batched
-trainer both build their models through it), and runs use 10 epochs, batch 8, lr 1e-3 on
-80 test clips: enough to over-fit, which is what the upper bound relies on.
+d_model = ffn = 128 (``--d-model``/``--ffn``, TrainConfig's HAN sizes), and runs use 10
+epochs, batch 8, lr 1e-3 on 80 test clips: enough to over-fit, which is what the upper
+bound relies on.
 """
 
 from __future__ import annotations
@@ -23,32 +23,20 @@ import torch
 from click.testing import CliRunner
 from scipy import stats as sps
 
-import pipeline.cli
-import pipeline.train as train_mod
-from models.han import HAN, HANConfig
-from pipeline.pairing import load_pairing
-from selection import grouped, logme, stats
+from avvp_pipe.pipeline import cli as cli_mod
+from avvp_pipe.pipeline.train import Member, TrainConfig, train_group, train_pairing
+from avvp_pipe.models.han import HAN, HANConfig
+from avvp_pipe.pipeline.train.pairing import load_pairing
+from avvp_pipe.selection import logme, stats
+from avvp_pipe.models import grouped
 from tests.featuresets import make_annotations, make_cache
 
 QUALITY = {"0": 0.1, "1": 0.5, "2": 0.9}
 AUDIO = [f"a{i}:audio:{24 + 8 * int(i)}:{q}" for i, q in QUALITY.items()]  # widths 24, 32, 40
 VISUAL = [f"v{i}:visual-2d:{40 + 8 * int(i)}:{q}" for i, q in QUALITY.items()]  # widths 40, 48, 56
-TRAIN_ARGS = ["--epochs", "10", "--batch-size", "8", "--lr", "0.001", "--quiet"]
+TRAIN_ARGS = ["--epochs", "10", "--batch-size", "8", "--lr", "0.001", "--d-model", "128", "--ffn", "128", "--quiet"]
+SMALL = {"d_model": 128, "ffn": 128}
 pytestmark = pytest.mark.filterwarnings("ignore:.*holds simulated features")
-
-
-def _small_han(dims, config) -> HANConfig:
-    return replace(_ORIGINAL_HAN_CONFIG(dims, config), d_model=128, ffn=128)
-
-
-_ORIGINAL_HAN_CONFIG = train_mod.han_config
-
-
-@pytest.fixture(scope="module", autouse=True)
-def small_han():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_mod, "han_config", _small_han)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +53,7 @@ def _select_args(world: dict, out: Path, audio: str = "a0,a1,a2", visual: str = 
 
 
 def _invoke(args: list[str]):
-    return CliRunner().invoke(pipeline.cli.cli, args)
+    return CliRunner().invoke(cli_mod.cli, args)
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +134,8 @@ def test_rerun_skips_finished_pairings(validated, world, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished pairing was trained again")
 
-    monkeypatch.setattr("selection.upper_bound.train_datas", no_training)
-    monkeypatch.setattr("selection.logme.logme_pairing", no_training)
+    monkeypatch.setattr("avvp_pipe.selection.upper_bound.train_datas", no_training)
+    monkeypatch.setattr("avvp_pipe.selection.logme.logme_pairing", no_training)
     result = _invoke(_select_args(world, out) + ["--allow-simulated", "--validate", "--method", "both",
                                                  "--parallel", "3"])
     assert result.exit_code == 0, result.output
@@ -160,7 +148,7 @@ def test_rerun_skips_finished_pairings(validated, world, monkeypatch):
 def test_overwrite_redoes_pairings(validated, world, tmp_path, monkeypatch):
     out = tmp_path / "out"
     shutil.copytree(validated["out"], out)
-    import selection.upper_bound as ub
+    import avvp_pipe.selection.upper_bound as ub
 
     calls = []
     real = ub.train_datas
@@ -220,25 +208,35 @@ def grouped_pad(param: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("mtsc,visual_3d", [("off", None), ("entire", "t0")])
-def test_batched_equals_alone(world, mtsc, visual_3d):
-    """Dropout 0: batched masks cannot match train_pairing's draws, everything else must."""
-    from selection.batched import train_group
+#: Groups of (audio, visual, seed): K pairings, K seeds of one pairing, and both at once.
+GROUPS = {
+    "pairings": [("a0", "v2", 1), ("a2", "v0", 1), ("a1", "v1", 1)],  # three different width pairs
+    "seeds": [("a1", "v1", 1), ("a1", "v1", 2), ("a1", "v1", 3)],
+    "both": [("a0", "v2", 4), ("a2", "v0", 5), ("a0", "v2", 6)],
+}
 
+
+@pytest.mark.parametrize("group,mtsc,visual_3d", [("pairings", "off", None), ("pairings", "entire", "t0"),
+                                                  ("seeds", "off", None), ("both", "part", "t0")])
+def test_grouped_run_equals_runs_alone(world, group, mtsc, visual_3d):
+    """Dropout 0: a group's masks cannot match lone draws, everything else must, member by member."""
     ann = world["ann"]
-    datas = [load_pairing(world["cache"], "tiny", ann, ["test"], audio=a, visual=v, visual_3d=visual_3d,
-                          allow_simulated=True)
-             for a, v in [("a0", "v2"), ("a2", "v0"), ("a1", "v1")]]  # three different width pairs
-    config = train_mod.TrainConfig(epochs=3, batch_size=8, lr=1e-3, dropout=0.0, mtsc=mtsc, train_split="test",
-                                   select_split="test", eval_split="test")
-    batched = train_group(datas, ann, config)
-    for data, got in zip(datas, batched):
-        want = train_mod.train_pairing(data, ann, config, progress=False)
+    members = [Member(load_pairing(world["cache"], "tiny", ann, ["test"], audio=a, visual=v, visual_3d=visual_3d,
+                                   allow_simulated=True), seed)
+               for a, v, seed in GROUPS[group]]
+    config = TrainConfig(epochs=3, batch_size=8, lr=1e-3, dropout=0.0, mtsc=mtsc, train_split="test",
+                         select_split="test", eval_split="test", **SMALL)
+    grouped_results = train_group(members, ann, config)
+    for member, got in zip(members, grouped_results):
+        want = train_pairing(member.data, ann, replace(config, seed=member.seed), progress=False)
         assert got.best_epoch == want.best_epoch
         assert got.best_score == pytest.approx(want.best_score, abs=1e-6)
         assert [h["loss"] for h in got.history] == pytest.approx([h["loss"] for h in want.history], rel=1e-4)
         np.testing.assert_allclose(got.predictions["frame_prob"], want.predictions["frame_prob"], atol=1e-4)
         assert got.scores["segment"] == pytest.approx(want.scores["segment"], abs=1e-6)
+    if group == "seeds":  # the seeds really differ: other weights, other batches, other losses
+        losses = {tuple(r["loss"] for r in res.history) for res in grouped_results}
+        assert len(losses) == len(members)
 
 
 # ---------------------------------------------------------------------- LogME and statistics

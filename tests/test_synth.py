@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import synth
-from pipeline.errors import AvvpError
-from pipeline.llp import CLASSES, NUM_CLASSES, SECONDS, load_annotations
-from pipeline.video_io import probe
+from avvp_pipe.pipeline.synth import clips as synth
+from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.pipeline.llp.annotations import CLASSES, NUM_CLASSES, SECONDS, load_annotations
+from avvp_pipe.pipeline.decode.video_io import probe
 
 LLP_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "llp"
 SMALL = {"size": (64, 48), "fps": 10.0, "sample_rate": 16000, "progress": False}
@@ -256,7 +256,7 @@ def test_structures_sampled_from_real_rows() -> None:
 
 @pytest.mark.skipif(not LLP_DIR.is_dir(), reason="real LLP annotation files not present")
 def test_cli_with_real_annotations(tmp_path: Path) -> None:
-    from pipeline.cli import cli
+    from avvp_pipe.pipeline.cli import cli
 
     out = tmp_path / "r"
     args = ["synth", str(out), "--clips", "3", "--seed", "2", "--size", "64x48", "--fps", "10",
@@ -321,7 +321,7 @@ def test_interrupted_run_leaves_no_half_clip(tmp_path: Path, monkeypatch) -> Non
 
 # ------------------------------------------------------------------ CLI and options
 def test_cli_runs_and_prints_summary(tmp_path: Path) -> None:
-    from pipeline.cli import cli
+    from avvp_pipe.pipeline.cli import cli
 
     out = tmp_path / "cli"
     args = ["synth", str(out), "--clips", "2", "--seed", "1", "--size", "64x48", "--fps", "10",
@@ -336,7 +336,7 @@ def test_cli_runs_and_prints_summary(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", ["320by240", "63x48", "8x8", "x"])
 def test_cli_rejects_bad_size(tmp_path: Path, size: str) -> None:
-    from pipeline.cli import cli
+    from avvp_pipe.pipeline.cli import cli
 
     result = CliRunner().invoke(cli, ["synth", str(tmp_path / "o"), "--clips", "1", "--size", size])
     assert result.exit_code == 3
@@ -372,7 +372,7 @@ def test_truth_npz_is_byte_stable(tmp_path: Path) -> None:
 
 def test_labels_only_matches_the_rendered_dataset(made: Path, tmp_path: Path) -> None:
     """--labels-only writes the same annotation files as a full run with the same options, and no video."""
-    from pipeline.cli import cli
+    from avvp_pipe.pipeline.cli import cli
 
     rendered = made / "annotations"
     out = tmp_path / "labels"

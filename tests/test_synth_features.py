@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cache.store import DONE, UnrealFeaturesWarning, find_store, list_stores
-from pipeline.cli import cli
-from pipeline.errors import EXIT_INPUT, AvvpError
-from pipeline.llp import NUM_CLASSES, load_annotations
-from pipeline.synth_features import (
+from avvp_pipe.cache.store import DONE, UnrealFeaturesWarning, find_store, list_stores
+from avvp_pipe.pipeline.cli import cli
+from avvp_pipe.core.errors import EXIT_INPUT, AvvpError
+from avvp_pipe.pipeline.llp.annotations import NUM_CLASSES, load_annotations
+from avvp_pipe.pipeline.synth.features import (
     PRESETS,
     SimulatedExtractor,
     _Simulator,
@@ -96,7 +96,7 @@ def test_same_seed_identical_and_resume_regenerates_identical(small_ann, tmp_pat
 
 
 def test_process_workers_write_the_same_bytes(small_ann, tmp_path, monkeypatch):
-    import pipeline.synth_features as sf
+    import avvp_pipe.pipeline.synth.features as sf
 
     monkeypatch.setattr(sf, "PARALLEL_MIN_CLIPS", 1)
     specs = [SimulatedExtractor.parse("sa:audio:8:0.5")]

@@ -13,20 +13,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cache.store import UnrealFeaturesWarning
-from pipeline.cli import cli
-from pipeline.errors import EXIT_INPUT, AvvpError, StoreError
-from pipeline.evaluate import evaluate_predictions, load_predictions
-from pipeline.pairing import load_pairing
-from pipeline.train import (
-    TrainConfig,
-    batch_order,
-    init_model,
-    load_run,
-    predict,
-    train_pairing,
-    training_loss,
-)
+from avvp_pipe.cache.store import UnrealFeaturesWarning
+from avvp_pipe.pipeline.cli import cli
+from avvp_pipe.core.errors import EXIT_INPUT, AvvpError, StoreError
+from avvp_pipe.pipeline.evaluate.scores import evaluate_predictions, load_predictions
+from avvp_pipe.pipeline.train.pairing import load_pairing
+from avvp_pipe.pipeline.train import TrainConfig, load_run, train_pairing
+from avvp_pipe.pipeline.train.engine import batch_order, init_model, predict, training_loss
 from tests.featuresets import make_annotations, make_cache
 
 STORES = ["a1:audio:32:0.9", "v1:visual-2d:48:0.9", "s1:visual-3d:16:0.9", "v2:visual-2d:48:0.9"]

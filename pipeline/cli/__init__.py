@@ -1,7 +1,7 @@
 """The ``avvp-pipe`` command line: a thin click layer that parses and calls library code.
 
 Each command group lives in its own module of this package (as lhotse's ``bin/modes``);
-this module only assembles them and maps :class:`~pipeline.errors.AvvpError` to exit codes.
+this module only assembles them and maps :class:`~avvp_pipe.core.errors.AvvpError` to exit codes.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import warnings
 
 import click
 
-from pipeline import __version__
-from pipeline.errors import EXIT_INTERRUPTED, AvvpError
+from avvp_pipe.core.version import __version__
+from avvp_pipe.core.errors import EXIT_INTERRUPTED, AvvpError
 
 
 class _Cli(click.Group):

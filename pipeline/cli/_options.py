@@ -11,9 +11,11 @@ from typing import Any
 
 import click
 
+from avvp_pipe.pipeline.train.config import MTSC_MODES, PRECISIONS
+
 #: TrainConfig fields these options set, by the parameter name click passes.
 RECIPE_FIELDS = ("epochs", "batch_size", "lr", "seed", "mtsc", "mtsc_weight", "mtsc_decay", "mtsc_anchor",
-                 "device", "precision")
+                 "device", "precision", "d_model", "ffn", "heads")
 
 _STORES = [
     click.option("--cache", required=True, help="Feature cache root (local path or fsspec URL)."),
@@ -27,7 +29,7 @@ _RECIPE = [
     click.option("--batch-size", type=int, default=16, show_default=True, help="Clips per step."),
     click.option("--lr", type=float, default=3e-4, show_default=True, help="Adam learning rate (StepLR 10, 0.1)."),
     click.option("--seed", type=int, default=1, show_default=True, help="Seed of init, batch order and dropout."),
-    click.option("--mtsc", type=click.Choice(["off", "part", "entire"]), default="off", show_default=True,
+    click.option("--mtsc", type=click.Choice(MTSC_MODES), default="off", show_default=True,
                  help="MTSC contrastive loss on the features before HAN (seed paper)."),
     click.option("--mtsc-weight", type=float, default=1.0, show_default=True, help="Weight of the MTSC loss."),
     click.option("--mtsc-decay", type=float, default=5.0, show_default=True,
@@ -35,8 +37,12 @@ _RECIPE = [
     click.option("--mtsc-anchor", type=click.Choice(["audio", "visual", "both"]), default="audio",
                  show_default=True, help="Modality whose detached self-similarity is the off-diagonal target."),
     click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu, cuda, cuda:1."),
-    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+    click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
                  help="Autocast precision of the model (fp16 on cuda only)."),
+    click.option("--d-model", type=int, default=512, show_default=True,
+                 help="HAN width (the release's 512); input widths come from the stores."),
+    click.option("--ffn", type=int, default=512, show_default=True, help="HAN feed-forward width (the release's)."),
+    click.option("--heads", type=int, default=1, show_default=True, help="HAN attention heads (the release's)."),
 ]
 
 _PERMISSIONS = [

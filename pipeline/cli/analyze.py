@@ -44,7 +44,7 @@ def analyze() -> None:
 
 def _emit(result: dict, rows: list[dict], seconds, ann, fsets, clip, out_dir, json_path) -> None:
     """Print the table; write JSON, the heatmap of one clip and the bar chart."""
-    from pipeline import analyze as lib
+    from avvp_pipe.pipeline.analyze import measure as lib
 
     click.echo(f"{seconds.split}: {result['seconds']['clips']} clips, {result['seconds']['audio_labelled']} labelled "
                f"audio and {result['seconds']['visual_labelled']} labelled visual seconds; match {result['match']}")
@@ -90,8 +90,8 @@ def features(cache, dataset, audio, visual, annotations, align, align_split, ali
         avvp-pipe analyze features --cache cache --dataset llp --audio vggish --visual resnet152 \\
             --annotations data/llp --split test --align cca --out analysis/raw
     """
-    from pipeline import analyze as lib
-    from pipeline.llp import load_annotations
+    from avvp_pipe.pipeline.analyze import measure as lib
+    from avvp_pipe.pipeline.llp.annotations import load_annotations
 
     ann = load_annotations(annotations)
     seconds = lib.split_seconds(ann, split)
@@ -101,32 +101,6 @@ def features(cache, dataset, audio, visual, annotations, align, align_split, ali
     row = lib.analyze_set(fs, seconds, match=match, block=block, device=device, progress=not no_progress)
     result = {"kind": "similarity", "split": split, "match": match, "seconds": seconds.counts(), "rows": [row]}
     _emit(result, [row], seconds, ann, [fs], clip, out_dir, json_path)
-
-
-def _run_rows(run_dirs, annotations, split, match, block, device, flags, progress):
-    """Analyse each run's features before HAN on the split; Type@AV from its metrics.json."""
-    import json
-    from pathlib import Path
-
-    from pipeline import analyze as lib
-    from pipeline.errors import AvvpError
-    from pipeline.llp import load_annotations
-
-    if annotations is None:
-        config_path = Path(run_dirs[0]) / "config.json"
-        if not config_path.is_file():
-            raise AvvpError(f"{run_dirs[0]}: expected a run folder with config.json (from avvp-pipe train)")
-        annotations = json.loads(config_path.read_text(encoding="utf-8")).get("annotations")
-    ann = load_annotations(annotations)
-    seconds = lib.split_seconds(ann, split)
-    rows, fsets = [], []
-    for run_dir in run_dirs:
-        fs = lib.run_features(run_dir, seconds, device=device, **flags)
-        row = lib.analyze_set(fs, seconds, match=match, block=block, device=device, progress=progress)
-        row["type_at_av"], row["type_at_av_split"] = lib.run_type_at_av(run_dir)
-        rows.append(row)
-        fsets.append(fs)
-    return ann, seconds, rows, fsets
 
 
 @analyze.command("run")
@@ -144,10 +118,8 @@ def run(run_dir, annotations, split, match, clip, out_dir, json_path, block, dev
     \b
         avvp-pipe analyze run --run runs/vggish+resnet152_mtsc-entire --split test --out analysis/entire
     """
-    flags = {"allow_simulated": allow_simulated, "allow_random_init": allow_random_init}
-    ann, seconds, rows, fsets = _run_rows([run_dir], annotations, split, match, block, device, flags, not no_progress)
-    result = {"kind": "similarity", "split": split, "match": match, "seconds": seconds.counts(), "rows": rows}
-    _emit(result, rows, seconds, ann, fsets, clip, out_dir, json_path)
+    _compare_runs([run_dir], annotations, split, match, clip, out_dir, json_path, block, device, allow_simulated,
+                  allow_random_init, no_progress)
 
 
 @analyze.command("compare")
@@ -164,9 +136,17 @@ def compare(runs, annotations, split, match, clip, out_dir, json_path, block, de
     \b
         avvp-pipe analyze compare runs/off runs/part runs/entire --split test --out analysis/table2
     """
-    flags = {"allow_simulated": allow_simulated, "allow_random_init": allow_random_init}
-    ann, seconds, rows, fsets = _run_rows(list(runs), annotations, split, match, block, device, flags,
-                                          not no_progress)
+    _compare_runs(list(runs), annotations, split, match, clip, out_dir, json_path, block, device, allow_simulated,
+                  allow_random_init, no_progress)
+
+
+def _compare_runs(run_dirs, annotations, split, match, clip, out_dir, json_path, block, device, allow_simulated,
+                  allow_random_init, no_progress) -> None:
+    from avvp_pipe.pipeline.analyze import measure as lib
+
+    ann, seconds, rows, fsets = lib.analyze_runs(run_dirs, annotations, split, match=match, block=block,
+                                                 device=device, allow_simulated=allow_simulated,
+                                                 allow_random_init=allow_random_init, progress=not no_progress)
     result = {"kind": "similarity", "split": split, "match": match, "seconds": seconds.counts(), "rows": rows}
     _emit(result, rows, seconds, ann, fsets, clip, out_dir, json_path)
 
@@ -204,9 +184,9 @@ def probe(cache, dataset, stores, annotations, split, fit_fraction, seed, out_di
     """
     from pathlib import Path
 
-    from models.probe import ProbeConfig
-    from pipeline import analyze as lib
-    from pipeline.llp import load_annotations
+    from avvp_pipe.models.probe import ProbeConfig
+    from avvp_pipe.pipeline.analyze import measure as lib
+    from avvp_pipe.pipeline.llp.annotations import load_annotations
 
     ann = load_annotations(annotations)
     seconds = lib.split_seconds(ann, split)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import click
 
 DEFAULT_ROOT_HELP = "Cache folder or fsspec URL [default: $AVVP_CACHE, else ./avvp-cache]."
-#: Kinds whose numbers are not from pretrained weights: shown in capitals (red on a terminal).
-UNREAL = {"random-init": "RANDOM-INIT (not pretrained)", "simulated": "SIMULATED (not real features)"}
 
 
 def default_root() -> str:
@@ -30,32 +26,6 @@ def cache_group() -> None:
 # ---------------------------------------------------------------------- ls
 
 
-def _kind_label(kind: str) -> str:
-    if kind in UNREAL:
-        return click.style(UNREAL[kind], fg="red", bold=True)
-    return kind
-
-
-def _provenance(store) -> dict[str, Any]:
-    prov = dict(store.attrs.get("provenance", {}))
-    return {
-        "created": prov.get("created"),
-        "host": prov.get("host"),
-        "weights": prov.get("weights_identity", store.config.get("weights_identity")),
-        "imported_from": prov.get("imported_from"),
-        "file_count": prov.get("file_count"),
-        "content_xxh3_128": prov.get("content_xxh3_128"),
-    }
-
-
-def _progress_text(progress: dict[str, dict[str, int]]) -> str:
-    order = [s for s in ("train", "val", "test", "unsplit") if s in progress]
-    order += [s for s in progress if s not in order and s != "all"]
-    parts = [f"{s} {progress[s]['done']}/{progress[s]['total']}" for s in order]
-    failed = progress.get("all", {}).get("failed", 0)
-    return "  ".join(parts) + (f"  ({failed} failed)" if failed else "")
-
-
 @cache_group.command("ls")
 @click.argument("root", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
@@ -67,47 +37,19 @@ def ls_command(root: str | None, as_json: bool) -> None:
 
     Example: avvp-pipe cache ls ~/avvp-cache --json
     """
-    from cache import list_stores
-    from pipeline.report import human_bytes
+    from avvp_pipe.cache.report import format_listing, listing
+    from avvp_pipe.core.io import dumps
 
     root = root or default_root()
-    rows = []
-    for store in list_stores(root):
-        row = store.summary()
-        row["provenance"] = _provenance(store)
-        rows.append(row)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
-        return
-    if not rows:
-        click.echo(f"no stores under {root}")
-        return
-    for row in rows:
-        shape = "x".join(str(n) for n in row["shape"])
-        click.echo(f"{row['dataset']}  {row['name']}  {_kind_label(row['kind'])}  {row['modality']}  "
-                   f"{shape} {row['dtype']}  {_progress_text(row['progress'])}  {human_bytes(row['size_bytes'])}")
-        prov = row["provenance"]
-        source = f"imported from {prov['imported_from']} ({prov['file_count']} files)" if prov["imported_from"] else ""
-        details = [f"created {prov['created']}", f"host {prov['host']}", f"weights {prov['weights'] or '-'}", source]
-        click.echo("    " + ", ".join(d for d in details if d))
-        click.echo(f"    {row['url']}")
+    rows = listing(root)
+    click.echo(dumps(rows) if as_json else format_listing(rows, root, _red))
+
+
+def _red(text: str) -> str:
+    return click.style(text, fg="red", bold=True)
 
 
 # ---------------------------------------------------------------------- verify
-
-
-def _stores_at(target: str) -> list:
-    """One store if ``target`` is a store, else every store under the root ``target``."""
-    from cache import list_stores, open_store
-    from pipeline.errors import StoreError
-
-    try:
-        return [open_store(target)]
-    except StoreError:
-        stores = list_stores(target)
-    if not stores:
-        raise StoreError(f"{target}: neither a feature store nor a cache folder with stores")
-    return stores
 
 
 @cache_group.command("verify")
@@ -125,22 +67,13 @@ def verify_command(target: str, as_json: bool) -> None:
       avvp-pipe cache verify avvp-cache/llp/resnet152/3f9c0a1b2c3d4e5f.zarr
       avvp-pipe cache verify avvp-cache
     """
-    from cache import verify
-    from pipeline.errors import PartialFailure
+    from avvp_pipe.cache import raise_if_reset, verify_all
+    from avvp_pipe.cache.report import format_verify
+    from avvp_pipe.core.io import dumps
 
-    reports = [verify(store) for store in _stores_at(target)]
-    if as_json:
-        click.echo(json.dumps(reports, indent=2))
-    else:
-        for report in reports:
-            click.echo(f"{report['store']}: checked {report['checked']} done clips, reset {len(report['reset'])}")
-            for cid, reason in list(report["reset"].items())[:20]:
-                click.echo(f"  {cid}: {reason}")
-            if len(report["reset"]) > 20:
-                click.echo(f"  ... and {len(report['reset']) - 20} more")
-    reset = sum(len(r["reset"]) for r in reports)
-    if reset:
-        raise PartialFailure(f"{reset} clips were reset to pending; rerun extraction or import to recompute them")
+    reports = verify_all(target)
+    click.echo(dumps(reports) if as_json else format_verify(reports))
+    raise_if_reset(reports)
 
 
 # ---------------------------------------------------------------------- import / export
@@ -178,45 +111,24 @@ def import_npy_command(src: Path, root: str | None, dataset: str, as_extractor: 
       avvp-pipe cache import-npy feats/res152 --cache avvp-cache --dataset llp \\
         --as resnet152 --annotations ../shared/llp
     """
-    from cache.npy_io import import_npy
-    from pipeline.errors import PartialFailure
+    from avvp_pipe.cache.npy_io import import_npy, raise_if_bad
+    from avvp_pipe.cache.report import format_import
+    from avvp_pipe.core.io import dumps
 
-    try:
-        summary = import_npy(src, root or default_root(), dataset, as_extractor, annotations=annotations,
-                             workers=workers, dtype=dtype, overwrite=overwrite, modality=modality,
-                             progress=not quiet)
-    except PartialFailure as err:
-        _print_import(getattr(err, "summary", {}), as_json)
-        raise
-    _print_import(summary, as_json)
-
-
-def _print_import(summary: dict[str, Any], as_json: bool) -> None:
-    if not summary:
-        return
+    summary = import_npy(src, root or default_root(), dataset, as_extractor, annotations=annotations,
+                         workers=workers, dtype=dtype, overwrite=overwrite, modality=modality, progress=not quiet)
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return
-    from pipeline.report import human_seconds
+        click.echo(dumps(summary))
+    else:
+        _echo(*format_import(summary))
+    raise_if_bad(summary)
 
-    shape = "x".join(str(n) for n in summary["shape"])
-    click.echo(f"imported {summary['imported']} clips into {summary['dataset']}/{summary['name']} (kind imported) "
-               f"from {summary['source']} in {human_seconds(summary['seconds'])}; "
-               f"{summary['skipped_done']} already done")
-    click.echo(f"  shape {shape} from {summary['shape_source']}; modality {summary['modality']} from "
-               f"{summary['modality_source']}; stored as {summary['dtype']}")
-    click.echo(f"  clip list: {summary['clips']} clips from {summary['clip_list']}; {summary['files']} files; "
-               f"content xxh3-128 {summary['content_xxh3_128']}")
-    click.echo(f"  store: {summary['store']}")
-    missing = summary["missing"]
-    if missing:
-        click.echo(f"warning: {len(missing)} listed clips have no file in {summary['source']} "
-                   f"(e.g. {', '.join(missing[:5])}); they stay pending", err=True)
-    if summary["ignored"]:
-        click.echo(f"note: ignored {len(summary['ignored'])} hidden files or folders "
-                   f"(e.g. {', '.join(summary['ignored'][:3])})", err=True)
-    for name, reason in summary["bad"].items():
-        click.echo(f"error: {Path(summary['source']) / name}: {reason}", err=True)
+
+def _echo(out: list[str], err: list[str]) -> None:
+    for line in out:
+        click.echo(line)
+    for line in err:
+        click.echo(line, err=True)
 
 
 @cache_group.command("export-npy")
@@ -236,18 +148,12 @@ def export_npy_command(store_url: str, out: Path, overwrite: bool, allow_unreal:
     Example:
       avvp-pipe cache export-npy avvp-cache/llp/resnet152/3f9c0a1b2c3d4e5f.zarr feats/res152
     """
-    from cache.npy_io import export_npy
-    from pipeline.report import human_seconds
+    from avvp_pipe.cache.npy_io import export_npy
+    from avvp_pipe.cache.report import format_export
 
     result = export_npy(store_url, out, overwrite=overwrite, allow_unreal=allow_unreal, workers=workers,
                         progress=not quiet)
-    shape = "x".join(str(n) for n in result["shape"])
-    click.echo(f"exported {result['written']} clips ({shape} float32) of {result['name']} to {result['out']} "
-               f"in {human_seconds(result['seconds'])}; kept {result['skipped_existing']} existing files")
-    if result["not_done"]:
-        click.echo(f"warning: {result['not_done']} clips of the store are not done and were not exported", err=True)
-    if result["kind"] != "extracted" and result["kind"] != "imported":
-        click.echo(f"warning: these are {result['kind']} features; the .npy files do not say so", err=True)
+    _echo(*format_export(result))
 
 
 COMMANDS = [cache_group]

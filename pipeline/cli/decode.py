@@ -20,7 +20,7 @@ def decode(clip: Path, out: Path, timeout_s: float, modern_ffmpeg: bool) -> None
 
     Example: avvp-pipe decode ../shared/llp/BjCEufrlXm4.mp4 --out BjCEufrlXm4.npz
     """
-    from pipeline.decode import decode_clip, save_npz
+    from avvp_pipe.pipeline.decode.clip import decode_clip, save_npz
 
     decoded = decode_clip(clip, timeout_s=timeout_s or None, legacy_ffmpeg=not modern_ffmpeg)
     save_npz(decoded, out)

@@ -29,8 +29,8 @@ def evaluate(predictions, annotations, split, json_out, gate, threshold, gate_th
     \b
         avvp-pipe evaluate --predictions run/P_test.npz --annotations data/llp --split test --json run/test.json
     """
-    from pipeline.evaluate import evaluate_predictions, format_table, load_predictions, save_scores
-    from pipeline.llp import load_annotations
+    from avvp_pipe.pipeline.evaluate.scores import evaluate_predictions, format_table, load_predictions, save_scores
+    from avvp_pipe.pipeline.llp.annotations import load_annotations
 
     ann = load_annotations(annotations, audio_file=audio_file)
     result = evaluate_predictions(

@@ -59,7 +59,7 @@ def extract(videos: Path, cache_root: str, dataset: str | None, names: str | Non
     Example: avvp-pipe extract --videos LLP/videos --cache ~/avvp-cache --annotations ../shared/llp
     --split test --extractors vggish,resnet152 --device cuda --precision bf16 --summary test.json
     """
-    from pipeline.extract import (
+    from avvp_pipe.pipeline.extract import (
         ExtractOptions,
         find_clips,
         format_summary,
@@ -67,7 +67,7 @@ def extract(videos: Path, cache_root: str, dataset: str | None, names: str | Non
         resolve_names,
         run_extract,
     )
-    from pipeline.report import atomic_write_json
+    from avvp_pipe.core.io import atomic_write_json
 
     chosen = resolve_names(names.split(",") if names is not None else None)
     opts = ExtractOptions(

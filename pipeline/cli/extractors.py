@@ -13,8 +13,8 @@ _COLUMNS = (("name", "name"), ("modality", "modality"), ("output", "out_shape"),
 
 def _registry():
     """The registry with every family imported (extractors/__init__ imports them)."""
-    import extractors  # noqa: F401  (registers the families)
-    from extractors import registry
+    import avvp_pipe.extractors  # noqa: F401  (registers the families)
+    from avvp_pipe.extractors import registry
 
     return registry
 
@@ -56,7 +56,7 @@ def list_command(weights_dir: Path | None, as_json: bool) -> None:
         return
     click.echo(_table(rows))
     if weights_dir is None:
-        from extractors.weights import hub_checkpoints_dir
+        from avvp_pipe.extractors.weights import hub_checkpoints_dir
 
         click.echo(f"\nweights looked for in {hub_checkpoints_dir()} (downloadable: fetched on first use)")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -24,8 +23,9 @@ def summary(annotations: Path, audio_file: str, json_out: Path | None) -> None:
 
     Example: avvp-pipe labels summary --annotations ../shared/llp --json labels.json
     """
-    from pipeline.llp import load_annotations
-    from pipeline.report import atomic_write_json, format_labels_summary
+    from avvp_pipe.pipeline.llp.annotations import load_annotations
+    from avvp_pipe.core.io import atomic_write_json
+    from avvp_pipe.pipeline.llp.annotations import format_labels_summary
 
     ann = load_annotations(annotations, audio_file=audio_file)
     report = ann.summary()

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli._options import optional_store, permission_options, recipe, recipe_options, store_options
+from avvp_pipe.models.metrics import metric_names
+from avvp_pipe.selection.methods import METHODS
+
+from avvp_pipe.pipeline.cli._options import optional_store, permission_options, recipe, recipe_options, store_options
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -21,9 +24,9 @@ def _names(text: str) -> tuple[str, ...]:
               help="One 3D visual store shared by every pairing (e.g. r2plus1d_18), or none.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output dir: ranking.json, ranking.csv, ranking.png, f1_f2.png, pairings/*.json.")
-@click.option("--score", default="segment.type_at_av", show_default=True,
+@click.option("--score", type=click.Choice(metric_names()), default="segment.type_at_av", show_default=True,
               help="Key of evaluate's JSON to rank by (and to pick each run's best epoch): LEVEL.SCORE or average.")
-@click.option("--method", type=click.Choice(["upper-bound", "logme", "both"]), default="upper-bound",
+@click.option("--method", type=click.Choice(METHODS), default="upper-bound",
               show_default=True, help="Rank by the trained upper bound F1, by training-free LogME, or both.")
 @click.option("--validate", is_flag=True,
               help="Also run the traditional protocol (train on train, epoch on val, test = F2) and compare.")
@@ -50,14 +53,11 @@ def select(cache, dataset, annotations, audio, visual, visual_3d, out_dir, score
 
     --validate needs train and val features too (extract all splits first).
     """
-    from pipeline.errors import AvvpError
-    from pipeline.llp import load_annotations
-    from pipeline.train import TrainConfig, metric_names
-    from selection.report import format_ranking
-    from selection.upper_bound import Candidates, SelectOptions, run_select
+    from avvp_pipe.pipeline.llp.annotations import load_annotations
+    from avvp_pipe.pipeline.train import TrainConfig
+    from avvp_pipe.selection.report import format_ranking
+    from avvp_pipe.selection.upper_bound import Candidates, SelectOptions, run_select
 
-    if score not in metric_names():
-        raise AvvpError(f"--score {score!r}: expected one of {', '.join(metric_names())}")
     config = TrainConfig(**recipe(recipe_params), select_metric=score)
     cands = Candidates(cache=cache, dataset=dataset, audio=_names(audio), visual=_names(visual),
                        visual_3d=optional_store(visual_3d),

@@ -37,15 +37,15 @@ def synth(out: Path, n_clips: int, seed: int, size: str, fps: float, sample_rate
 
     Example (labels only, for synth-features): avvp-pipe synth data/labels --clips 2000 --labels-only
     """
-    from pipeline.report import human_seconds
-    from pipeline.synth import parse_fractions, synthesize, synthesize_annotations
+    from avvp_pipe.core.fmt import human_seconds
+    from avvp_pipe.pipeline.synth.clips import parse_fractions, synthesize, synthesize_annotations
 
     if labels_only:
         folder = synthesize_annotations(out / "annotations", n_clips, seed, parse_fractions(splits),
                                         annotations, class_prior)
         click.echo(f"synth: annotation files of {n_clips} clips in {folder} (no video)")
         return
-    from pipeline.synth import parse_size
+    from avvp_pipe.pipeline.synth.clips import parse_size
 
     result = synthesize(
         out, n_clips, seed, size=parse_size(size), fps=fps, annotations=annotations,

@@ -18,7 +18,7 @@ import click
                    "QUALITY in [0, 1] sets signal-to-noise and cross-modal alignment. Repeatable.")
 @click.option("--preset", type=click.Choice(["llp"]),
               help="Add sim_vggish, sim_openl3_audio, sim_resnet152, sim_vgg19_bn and sim_r2plus1d_18 "
-                   "with LLP's shapes and distinct qualities (see pipeline.synth_features.PRESETS).")
+                   "with LLP's shapes and distinct qualities (see avvp_pipe.pipeline.synth.features.PRESETS).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Same seed, annotations and extractor => identical stores.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
@@ -40,9 +40,9 @@ def synth_features(root: str, dataset: str, annotations: Path, extractors: tuple
     Example: avvp-pipe synth-features avvp-cache --dataset llp-sim --annotations ../shared/llp
     --extractor sim_a:audio:128:0.3 --extractor sim_v:visual-2d:2048:0.9 --preset llp
     """
-    from pipeline.llp import load_annotations
-    from pipeline.report import human_seconds, table
-    from pipeline.synth_features import parse_extractors, synthesize_features
+    from avvp_pipe.pipeline.llp.annotations import load_annotations
+    from avvp_pipe.core.fmt import human_seconds, table
+    from avvp_pipe.pipeline.synth.features import parse_extractors, synthesize_features
 
     specs = parse_extractors(extractors, preset)
     ann = load_annotations(annotations)

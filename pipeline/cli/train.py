@@ -1,4 +1,4 @@
-"""``avvp-pipe train``: HAN (+ MTSC) on one extractor pairing; parses options, calls pipeline.train."""
+"""``avvp-pipe train``: HAN (+ MTSC) on one extractor pairing; parses options, calls avvp_pipe.pipeline.train."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli._options import optional_store, permission_options, recipe, recipe_options, store_options
+from avvp_pipe.pipeline.cli._options import optional_store, permission_options, recipe, recipe_options, store_options
 
 _SPLITS = click.Choice(["train", "val", "test"])
 
@@ -46,7 +46,7 @@ def train(cache, dataset, annotations, audio, visual, visual_3d, out_dir, keep_v
         avvp-pipe train --cache cache --dataset llp --audio vggish --visual resnet152 \\
             --visual-3d r2plus1d_18 --annotations data/llp --out runs/han --mtsc entire
     """
-    from pipeline.train import TrainConfig, summary, train_run
+    from avvp_pipe.pipeline.train import TrainConfig, summary, train_run
 
     config = TrainConfig(**recipe(recipe_params), keep_visual_head=keep_visual_head, train_split=train_split,
                          select_split=select_split, eval_split=eval_split, select_metric=select_metric)

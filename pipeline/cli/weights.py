@@ -35,7 +35,7 @@ def import_openl3(h5_file: Path, weights_dir: Path | None, input_repr: str | Non
 
     Example: avvp-pipe weights import-openl3 openl3_audio_mel256_music-v0_4_0.h5.gz --weights-dir weights
     """
-    from extractors.openl3 import import_keras_weights
+    from avvp_pipe.extractors.openl3 import import_keras_weights
 
     import_keras_weights(h5_file, weights_dir, input_repr=input_repr, content_type=content_type,
                          log=click.echo)

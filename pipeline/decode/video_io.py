@@ -9,13 +9,14 @@ rate: frame k then has pts k and time k / fps with no drift.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from avvp_pipe.core.io import atomic_path
 
 #: Largest rate denominator kept when turning a float fps into a Fraction; 1001 keeps
 #: NTSC rates (30000/1001) exact and short decimals (19.62 -> 981/50) exact too.
@@ -98,16 +99,8 @@ def write_mp4(
     """
     path = Path(path)
     rate = fps_fraction(fps)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
-        _write(tmp, frames, rate, audio, sample_rate, crf, preset)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a clip should be readable like any file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        _write(str(tmp), frames, rate, audio, sample_rate, crf, preset)
 
 
 def _write(tmp: str, frames, rate: Fraction, audio, sample_rate: int, crf: int, preset: str) -> None:

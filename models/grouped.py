@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.han import HANConfig
+from avvp_pipe.models.han import HANConfig
 
 Params = Mapping[str, Tensor]
 
@@ -59,7 +59,7 @@ def attention(query: Tensor, other: Tensor, params: Params, name: str, heads: in
 
 def han_layer(query: Tensor, other: Tensor, params: Params, prefix: str, config: HANConfig,
               training: bool) -> Tensor:
-    """models.han.HANLayer.forward for P pairings: (P, B, T, d) x2 -> (P, B, T, d)."""
+    """avvp_pipe.models.han.HANLayer.forward for P pairings: (P, B, T, d) x2 -> (P, B, T, d)."""
     def drop(x: Tensor) -> Tensor:
         return F.dropout(x, config.dropout, training)
 

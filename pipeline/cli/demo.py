@@ -72,7 +72,7 @@ def run_stage(args: list[str]) -> None:
 
     click's standalone mode prints errors as the console script would and always exits.
     """
-    from pipeline.cli import cli
+    from avvp_pipe.pipeline.cli import cli
 
     try:
         cli.main(args=args, prog_name="avvp-pipe")

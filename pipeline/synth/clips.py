@@ -38,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import AvvpError
-from pipeline.llp import NUM_CLASSES, SECONDS, SPLITS, Clip, load_annotations, write_annotations
+from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.core.io import atomic_path
+from avvp_pipe.pipeline.llp.annotations import NUM_CLASSES, SECONDS, SPLITS, Clip, load_annotations, write_annotations
 
 #: Bump when rendering changes, so an old output folder is not silently mixed with new clips.
 SYNTH_VERSION = 1
@@ -609,7 +610,7 @@ def plan_dataset(
 def render_clip(plan: ClipPlan, path: str | os.PathLike, seed: int, size: tuple[int, int], fps: float,
                 sample_rate: int = DEFAULT_SAMPLE_RATE) -> None:  # fmt: skip
     """Render and write one clip atomically (write_mp4 writes a temp file, then renames)."""
-    from pipeline.video_io import write_mp4
+    from avvp_pipe.pipeline.decode.video_io import write_mp4
 
     waveform = render_audio(plan.audio, _rng(seed, 1, plan.index, 1), sample_rate)
     frames = render_video(plan.visual, _rng(seed, 1, plan.index, 2), size, fps)
@@ -637,15 +638,13 @@ def write_truth(path: str | os.PathLike, plans: Sequence[ClipPlan]) -> Path:
         "visual": np.stack([p.visual for p in plans]).astype(np.uint8),  # (N, 25, 10)
     }
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
             buf = io.BytesIO()
             np.lib.format.write_array(buf, array, allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, buf.getvalue())
-    os.replace(tmp, path)
     return path
 
 
@@ -745,7 +744,7 @@ def synthesize(
         "audio": {p.clip.id: p.audio for p in plans}, "visual": {p.clip.id: p.visual for p in plans},
     })  # fmt: skip
     truth = write_truth(out / TRUTH, plans)
-    from pipeline.report import atomic_write_json
+    from avvp_pipe.core.io import atomic_write_json
 
     atomic_write_json(out / MANIFEST, {"config": config, "complete": True})
     return SynthResult(
@@ -773,7 +772,7 @@ def _check_options(n_clips, seed, size, fps, split_fractions, workers, sample_ra
 
 def _claim_manifest(path: Path, config: dict) -> None:
     """Refuse to resume into a folder made with other options (that would mix two datasets)."""
-    from pipeline.report import atomic_write_json
+    from avvp_pipe.core.io import atomic_write_json
 
     if path.is_file():
         try:
@@ -797,7 +796,7 @@ def _pending(
     plans: Sequence[ClipPlan], videos: Path, size: tuple[int, int], fps: float
 ) -> tuple[list[ClipPlan], list[str]]:
     """Clips still to render; an existing clip that fails the probe is rendered again (and listed)."""
-    from pipeline.video_io import probe
+    from avvp_pipe.pipeline.decode.video_io import probe
 
     todo, replaced = [], []
     for plan in plans:
@@ -847,7 +846,7 @@ def _render_all(todo, videos: Path, seed, size, fps, sample_rate, workers: int, 
 
 def _progress_reporter(progress, total: int) -> Callable[..., None]:
     """A function to call after each clip: the shared bar (clips/s, ETA), a callback, or nothing."""
-    from pipeline.progress import Progress
+    from avvp_pipe.core.progress import Progress
 
     bar = Progress(total, "synth", enabled=progress is True and total > 0)
 

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import AnnotationError, AvvpError, StoreError
-from pipeline.report import save_figure
-from pipeline.llp import CLASSES, SECONDS, Annotations
+from avvp_pipe.core.errors import AnnotationError, AvvpError, StoreError
+from avvp_pipe.core.io import save_figure
+from avvp_pipe.pipeline.llp.annotations import CLASSES, SECONDS, Annotations
 
 ALIGNS = ("none", "cca")
 #: Headline metrics shown in tables and bar charts, in the paper's order.
@@ -98,7 +98,7 @@ class FeatureSet:
 def open_store(cache: str, dataset: str, name: str, modalities: Sequence[str], option: str, *,
                allow_random_init: bool = False, allow_simulated: bool = False):
     """``find_store`` plus the checks analysis needs: modality and real-or-allowed features."""
-    from cache.store import check_usable, find_store
+    from avvp_pipe.cache.store import check_usable, find_store
 
     store = find_store(cache, dataset, name)
     if store.modality not in modalities:
@@ -110,7 +110,7 @@ def open_store(cache: str, dataset: str, name: str, modalities: Sequence[str], o
 
 def _read_split(store, ids: Sequence[str], split: str) -> np.ndarray:
     """(N, 10, D) per-second features of every clip of the split, refusing missing clips."""
-    from pipeline.pairing import check_complete, read_per_second
+    from avvp_pipe.pipeline.train.pairing import check_complete, read_per_second
 
     check_complete({store.modality: store}, ids, split)
     return read_per_second(store, ids)
@@ -211,8 +211,8 @@ def run_features(run_dir: str, seconds: SplitSeconds, *, device: str | None = No
     """The features entering HAN of a trained run: fc_a(audio) and fc_v/fusion(visual), then g if kept."""
     import torch
 
-    from models.similarity import resolve_device
-    from pipeline.train import load_run
+    from avvp_pipe.models.similarity import resolve_device
+    from avvp_pipe.pipeline.train.run import load_run
 
     model, _head, config = load_run(run_dir)
     dev = resolve_device(device)
@@ -258,11 +258,40 @@ def run_type_at_av(run_dir: str) -> tuple[float | None, str | None]:
 # ---------------------------------------------------------------------- metrics
 
 
+def analyze_runs(run_dirs: Sequence[str], annotations: str | None, split: str, *, match: str = "any",
+                 block: int | None = None, device: str | None = None, allow_simulated: bool = False,
+                 allow_random_init: bool = False, progress: bool = True
+                 ) -> tuple[Annotations, SplitSeconds, list[dict], list[FeatureSet]]:
+    """Each run's features before HAN, analysed on ``split``, with its Type@AV from metrics.json.
+
+    ``annotations`` defaults to the folder recorded in the first run's config.json.
+    """
+    from avvp_pipe.core.io import read_json
+    from avvp_pipe.pipeline.llp.annotations import load_annotations
+
+    if annotations is None:
+        config_path = Path(run_dirs[0]) / "config.json"
+        if not config_path.is_file():
+            raise AvvpError(f"{run_dirs[0]}: expected a run folder with config.json (from avvp-pipe train)")
+        annotations = read_json(config_path).get("annotations")
+    ann = load_annotations(annotations)
+    seconds = split_seconds(ann, split)
+    rows, fsets = [], []
+    for run_dir in run_dirs:
+        fs = run_features(run_dir, seconds, device=device, allow_simulated=allow_simulated,
+                          allow_random_init=allow_random_init)
+        row = analyze_set(fs, seconds, match=match, block=block, device=device, progress=progress)
+        row["type_at_av"], row["type_at_av_split"] = run_type_at_av(run_dir)
+        rows.append(row)
+        fsets.append(fs)
+    return ann, seconds, rows, fsets
+
+
 def analyze_set(fs: FeatureSet, seconds: SplitSeconds, *, match: str = "any", block: int | None = None,
                 device: str | None = None, progress: bool = True) -> dict:
     """All retrieval passes the feature set allows, plus the paper's headline numbers."""
-    from models.similarity import headline, modality_metrics
-    from pipeline.progress import Progress
+    from avvp_pipe.models.similarity import headline, modality_metrics
+    from avvp_pipe.core.progress import Progress
 
     directions = ("audio->audio", "visual->visual")
     if fs.shared_space:
@@ -326,9 +355,9 @@ def probe_stores(cache: str, dataset: str, names: Sequence[str] | None, seconds:
                  config=None, device: str = "cpu", allow_random_init: bool = False,
                  allow_simulated: bool = False, progress: bool = True) -> list[dict]:
     """One linear probe per store against its own modality's truth; ``names=None``: every store."""
-    from cache.store import list_stores
-    from models.probe import ProbeConfig, probe
-    from pipeline.progress import Progress
+    from avvp_pipe.cache.store import list_stores
+    from avvp_pipe.models.probe import ProbeConfig, probe
+    from avvp_pipe.core.progress import Progress
 
     flags = {"allow_random_init": allow_random_init, "allow_simulated": allow_simulated}
     modalities = ("audio", "visual-2d", "visual-3d")
@@ -361,7 +390,7 @@ def _fmt(value: Any) -> str:
 
 def format_similarity_table(rows: Sequence[dict]) -> str:
     """One line per feature set: within/across recall-top1, distinguish, precision (+ Type@AV)."""
-    from pipeline.report import table
+    from avvp_pipe.core.fmt import table
 
     extra = any("type_at_av" in r for r in rows)
     headers = ["features", "recall within (a / v)", "recall a->v", "recall v->a", "distinguish", "precision"]
@@ -378,7 +407,7 @@ def format_similarity_table(rows: Sequence[dict]) -> str:
 
 
 def format_probe_table(rows: Sequence[dict]) -> str:
-    from pipeline.report import table
+    from avvp_pipe.core.fmt import table
 
     return table(["store", "modality", "kind", "dims", "mAP", "top-1 acc", "classes", "scored seconds"],
                  [[r["name"], r["modality"], r["kind"], r["dims"], _fmt(r["map"]), _fmt(r["top1_accuracy"]),
@@ -458,7 +487,7 @@ def write_outputs(result: dict, *, out_dir: str | None = None, json_path: str | 
                   figures: Callable[[Path], dict[str, Path]] | None = None,
                   json_name: str = "analysis.json") -> dict[str, str]:
     """Write figures (into ``out_dir``) and the JSON (``json_path`` and/or ``out_dir/json_name``)."""
-    from pipeline.report import atomic_write_json
+    from avvp_pipe.core.io import atomic_write_json
 
     files: dict[str, str] = {}
     if out_dir is not None and figures is not None:

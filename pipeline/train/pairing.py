@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cache.store import FeatureStore, check_usable, find_store
-from pipeline.errors import StoreError
-from pipeline.llp import SECONDS, Annotations
+from avvp_pipe.cache.store import FeatureStore, check_usable, find_store
+from avvp_pipe.core.errors import StoreError
+from avvp_pipe.pipeline.llp.annotations import SECONDS, Annotations
 
 ROLES = ("audio", "visual", "visual_3d")
 #: The store modality each role accepts.

@@ -21,11 +21,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pipeline.errors import AnnotationError, AvvpError
-from pipeline.report import atomic_write_text
+from avvp_pipe.core.errors import AnnotationError, AvvpError
+from avvp_pipe.core.io import atomic_write_text
+from avvp_pipe.core.fmt import table
 
 #: The 25 LLP classes in the official index order.
 CLASSES: tuple[str, ...] = (
@@ -371,3 +373,30 @@ def write_annotations(
         )
         atomic_write_text(root / name, text)
     return root
+
+
+def format_labels_summary(report: Mapping[str, Any]) -> str:
+    """The human view of :meth:`avvp_pipe.pipeline.llp.annotations.Annotations.summary`."""
+    clips = report["clips"]
+    cov = report["dense_coverage"]
+    rows = [
+        (split, clips[split], report["labels_per_clip"][split], cov[split]["audio"],
+         cov[split]["visual"], cov[split]["audio_visual"])
+        for split in ("train", "val", "test")
+    ]
+    out = [table(("split", "clips", "labels per clip", "audio truth", "visual truth", "AV truth"), rows)]
+    per_class = report["labels_per_class"]
+    class_rows = [(name, per_class["train"][name], per_class["val"][name], per_class["test"][name])
+                  for name in per_class["train"]]
+    out.append("")
+    out.append(table(("class", "train", "val", "test"), class_rows))
+    out.append("")
+    quirks = report["quirks"]
+    if quirks:
+        out.append("quirks (handled on purpose; the official evaluation ignores them silently):")
+        for kind, count in sorted(quirks.items()):
+            examples = report["quirk_examples"].get(kind, [])[:3]
+            out.append(f"  {kind}: {count}" + (f"  e.g. {'; '.join(examples)}" if examples else ""))
+    else:
+        out.append("quirks: none")
+    return "\n".join(out)

@@ -44,20 +44,19 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-from cache.store import DONE, FeatureStore, StoreSpec, open_or_create
-from pipeline.errors import AvvpError, StoreError
-from pipeline.llp import NUM_CLASSES, SECONDS, Annotations
-from pipeline.progress import Progress
+from avvp_pipe.cache.store import DONE, FeatureStore, StoreSpec, open_or_create
+from avvp_pipe.core.errors import AvvpError, StoreError
+from avvp_pipe.core.io import atomic_write_url
+from avvp_pipe.pipeline.llp.annotations import NUM_CLASSES, SECONDS, Annotations
+from avvp_pipe.core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +436,7 @@ def _drain(messages) -> None:
 
 def _worker(job: _Job, cids: list[str], active: np.ndarray, messages) -> None:
     """Process entry: fill ``cids`` of the store at ``job.url``, reporting written clips."""
-    from cache.store import open_store
+    from avvp_pipe.cache.store import open_store
 
     try:
         try:  # one BLAS thread per process: the processes already use the cores
@@ -480,15 +479,6 @@ def load_truth(root: str, dataset: str, seed: int | None = None) -> tuple[list[s
 
 def _write_truth(url: str, ids: list[str], truth: np.ndarray, seed: int) -> None:
     """Per-second truth of every clip (train included), atomically, for diagnostics."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(os.path.dirname(path), exist_ok=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, video_ids=np.array(ids), audio=truth[:, 0], visual=truth[:, 1], seed=np.int64(seed))
-    if fs.__class__.__name__ == "LocalFileSystem":
-        tmp = f"{path}.tmp{os.getpid()}"
-        Path(tmp).write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, buf.getvalue())
+    atomic_write_url(url, buf.getvalue())

@@ -42,7 +42,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,7 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import AvvpError, ClipError
+from avvp_pipe.core.errors import AvvpError, ClipError
+from avvp_pipe.core.io import atomic_path
 
 #: Audio rates a DecodedClip carries (VGGish-style 16 kHz, PANNs/CLAP-style 48 kHz).
 AUDIO_RATES = (16000, 48000)
@@ -402,7 +402,7 @@ def _decode_local(path: str, n_frames: int, out_fps: float, seconds: float,
 
 _WORKER_CODE = (
     "import sys, json; sys.path[:0] = json.loads(sys.argv[3]); "
-    "from pipeline.decode import _worker_main; _worker_main(int(sys.argv[1]), int(sys.argv[2]))"
+    "from avvp_pipe.pipeline.decode.clip import _worker_main; _worker_main(int(sys.argv[1]), int(sys.argv[2]))"
 )
 
 
@@ -591,12 +591,5 @@ def save_npz(clip: DecodedClip, out: str | os.PathLike) -> None:
         "audio_16k": clip.audio_16k if clip.audio_16k is not None else empty,
         "audio_48k": clip.audio_48k if clip.audio_48k is not None else empty,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:  # a file object: numpy appends no ".npz"
+        np.savez(fh, **arrays)

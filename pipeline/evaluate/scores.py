@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.metrics import GATES, LEVELS, llp_per_class, llp_scores, predictions_to_binary
-from pipeline.errors import AvvpError
-from pipeline.report import atomic_write_json
-from pipeline.llp import CLASSES, NUM_CLASSES, SECONDS, Annotations
+from avvp_pipe.models.metrics import GATES, LEVELS, llp_per_class, llp_scores, predictions_to_binary
+from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.core.io import atomic_path, atomic_write_json
+from avvp_pipe.pipeline.llp.annotations import CLASSES, NUM_CLASSES, SECONDS, Annotations
 
 REQUIRED_KEYS: tuple[str, ...] = ("video_ids", "frame_prob", "global_prob")
 OPTIONAL_KEYS: tuple[str, ...] = ("a_prob", "v_prob")
@@ -62,13 +62,8 @@ def save_predictions(
     arrays.update({k: np.asarray(v, dtype=np.float32) for k, v in named.items() if v is not None})
     _check_shapes(arrays, f"save_predictions({path})")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:  # a file object, so numpy does not append ".npz"
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a file object: numpy appends no ".npz"
+        np.savez(handle, **arrays)
     return path
 
 
@@ -125,8 +120,8 @@ def evaluate_predictions(
 
     Every clip of the split must be predicted (a missing clip would silently change the
     denominator); clips outside the split are ignored and counted in ``ignored_clips``.
-    The result is :func:`models.metrics.llp_scores` plus the settings used and per-class
-    diagnostics (see :func:`models.metrics.per_class_f1`).
+    The result is :func:`avvp_pipe.models.metrics.llp_scores` plus the settings used and per-class
+    diagnostics (see :func:`avvp_pipe.models.metrics.per_class_f1`).
     """
     if gate not in GATES:
         raise AvvpError(f"gate {gate!r}: expected one of {', '.join(GATES)}")

@@ -1,0 +1,1 @@
+"""Why a pairing fuses well or badly: similarity diagnostics of stores and trained runs, probes."""

@@ -1,0 +1,29 @@
+"""Stage 2: HAN (+MTSC) on stored pairings.
+
+- :mod:`.config`: what a run computes (:class:`TrainConfig`, the official recipe by default);
+- :mod:`.pairing`: a pairing's features read from the cache;
+- :mod:`.engine`: the one training engine (a group of K runs at once; a plain run is K = 1);
+- :mod:`.run`: the run folder of ``avvp-pipe train`` (config.json, checkpoints, resume, plots).
+
+The names below load on first use (PEP 562), so ``import avvp_pipe.pipeline.train.config``
+(the CLI's option choices) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainConfig": "config", "metric_names": "config",
+    "Member": "engine", "TrainResult": "engine", "train_group": "engine",
+    "PairingData": "pairing", "load_pairing": "pairing",
+    "load_run": "run", "summary": "run", "train_pairing": "run", "train_run": "run",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
