@@ -8,7 +8,7 @@ rule serves them all and a file any of them already fetched is reused:
   nothing is downloaded.
 - otherwise: the torch hub cache, then one bounded download into it.
 
-Any failure is a one-line :class:`~pipeline.errors.WeightsError` naming the file, where it
+Any failure is a one-line :class:`~avvp_pipe.core.errors.WeightsError` naming the file, where it
 was looked for and how to get it. There is no silent fallback to random weights.
 """
 

@@ -414,10 +414,21 @@ def new_state(members: Sequence[Member], config: TrainConfig) -> GroupState:
         own = replace(config, seed=member.seed)
         runs.append(_Run(member.data, own, *init_model(member.data.dims, own)))
     backend = _Single(runs[0].model, runs[0].head, config) if len(runs) == 1 else _Stacked(runs, config)
-    optimizer = torch.optim.Adam(backend.parameters(), lr=config.lr)  # official: no weight decay
+    optimizer = adam(backend.parameters(), config)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     scaler = torch.amp.GradScaler(torch.device(config.device).type, enabled=config.precision == "fp16")
     return GroupState(runs, backend, optimizer, scheduler, scaler)
+
+
+def adam(params: Sequence[Tensor], config: TrainConfig) -> torch.optim.Adam:
+    """The official optimiser (Adam, no weight decay), in torch's fused implementation.
+
+    Why fused: one kernel per parameter instead of a dozen elementwise ops; measured with
+    benchmarks/adam.py on CPU it made a whole training step 3.7% faster (foreach was 2.6%
+    slower) and moved the weights by a relative 4e-6 after 40 steps (rounding, not a
+    different update). It is deterministic, so resumed runs stay bit-identical.
+    """
+    return torch.optim.Adam(params, lr=config.lr, fused=True)
 
 
 def _cpu_state(module: nn.Module | None) -> dict | None:
