@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from avvp_pipe.cache.store import FeatureStore, list_stores
+from avvp_pipe.cache.store import FeatureStore, scan_stores
 from avvp_pipe.core.fmt import human_bytes, human_seconds
 
 #: Kinds whose numbers are not from pretrained weights: shown in capitals (red on a terminal).
@@ -34,8 +34,11 @@ def store_row(store: FeatureStore) -> dict[str, Any]:
 
 
 def listing(root: str) -> list[dict[str, Any]]:
-    """One row per store under ``root`` (see :func:`store_row`)."""
-    return [store_row(store) for store in list_stores(root)]
+    """One row per store under ``root`` (see :func:`store_row`); a store that cannot be opened
+    is a row ``{"url", "broken"}`` saying why, and the others are still listed."""
+    stores, broken = scan_stores(root)
+    rows = [store_row(store) for store in stores]
+    return rows + [{"url": url, "broken": reason} for url, reason in broken.items()]
 
 
 def kind_label(kind: str, emphasis: Emphasis = str) -> str:
@@ -58,6 +61,9 @@ def format_listing(rows: Sequence[Mapping[str, Any]], root: str, emphasis: Empha
         return f"no stores under {root}"
     lines = []
     for row in rows:
+        if "broken" in row:
+            lines += [f"{emphasis('BROKEN')}  {row['url']}", f"    {row['broken']}"]
+            continue
         shape = "x".join(str(n) for n in row["shape"])
         lines.append(f"{row['dataset']}  {row['name']}  {kind_label(row['kind'], emphasis)}  {row['modality']}  "
                      f"{shape} {row['dtype']}  {progress_text(row['progress'])}  {human_bytes(row['size_bytes'])}")
@@ -78,6 +84,11 @@ def format_verify(reports: Sequence[Mapping[str, Any]], limit: int = 20) -> str:
             lines.append(f"  {cid}: {reason}")
         if len(report["reset"]) > limit:
             lines.append(f"  ... and {len(report['reset']) - limit} more")
+        if report.get("upgraded"):
+            lines.append(f"  upgraded in place (metadata only): {'; '.join(report['upgraded'])}")
+        elif [gap for gap in report.get("layout", []) if gap != "metadata not consolidated"]:
+            lines.append(f"  older layout ({'; '.join(report['layout'])}): "
+                         "`cache verify --upgrade` makes it open in xarray")
     return "\n".join(lines)
 
 

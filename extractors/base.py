@@ -29,6 +29,10 @@ from avvp_pipe.core.errors import AvvpError, ClipError
 
 #: Bump when the meaning of config() fields changes, so old store keys stop matching.
 CONFIG_VERSION = 1
+#: Frames per second a 2D extractor embeds: 8, the 80 decoded frames (the official features,
+#: LSLD), or 1, one frame a second (VALOR); see preprocess.frame_positions for which frame.
+FRAME_RATES = (8, 1)
+DECODED_FPS = 8
 
 
 def resolve_options(spec: ExtractorSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,16 +42,29 @@ def resolve_options(spec: ExtractorSpec, overrides: Mapping[str, Any]) -> dict[s
     resolved options go into the cache key: ``pca=1`` and ``pca=True`` must not be two keys.
     """
     resolved = dict(spec.options)
+    frame_rate = spec.modality == "visual-2d" and "fps" in overrides
     for key, value in overrides.items():
+        if key == "fps" and frame_rate:
+            resolved["fps"] = check_frame_rate(spec, value)
+            continue
         if key not in resolved:
             known = ", ".join(sorted(resolved)) or "none"
-            raise AvvpError(f"Unknown option {key!r} for extractor {spec.name!r}; expected one of: {known}")
+            also = "; every 2D extractor also takes fps (8 or 1)" if spec.modality == "visual-2d" else ""
+            raise AvvpError(f"Unknown option {key!r} for extractor {spec.name!r}; expected one of: {known}{also}")
         default = resolved[key]
         if default is not None and not _same_kind(default, value):
             raise AvvpError(f"Option {key!r} of extractor {spec.name!r}: expected "
                             f"{type(default).__name__} but got {value!r}")
         resolved[key] = value
     return resolved
+
+
+def check_frame_rate(spec: ExtractorSpec, fps: Any) -> int:
+    """``fps`` of a 2D extractor: 8 (the 80 decoded frames) or 1 (one frame a second, VALOR)."""
+    if isinstance(fps, bool) or fps not in FRAME_RATES:
+        raise AvvpError(f"Option 'fps' of extractor {spec.name!r}: expected one of "
+                        f"{', '.join(map(str, FRAME_RATES))} but got {fps!r}")
+    return int(fps)
 
 
 def _same_kind(default: Any, value: Any) -> bool:
@@ -68,6 +85,10 @@ class Extractor:
 
     #: Which decoded frames/samples become items, in words; part of config().
     sampling_rule: ClassVar[str] = ""
+    #: Whether this class honours the ``fps`` option (its items are ``_clip_frames`` rows).
+    takes_frame_rate: ClassVar[bool] = False
+    #: Frames per second embedded; only 2D extractors that take a frame rate change it.
+    fps: int = DECODED_FPS
 
     def __init__(
         self,
@@ -90,14 +111,42 @@ class Extractor:
 
     # -- shape -------------------------------------------------------------------------
     @property
+    def out_frames(self) -> int:
+        """T of ``finalize``: the spec's, or 10 for a 2D extractor at one frame a second."""
+        return self.spec.out_frames * self.fps // DECODED_FPS
+
+    @property
     def items_per_clip(self) -> int:
         """Rows ``prepare`` returns per clip (and ``embed`` returns for them)."""
-        return self.spec.out_frames
+        return self.out_frames
 
     @property
     def out_shape(self) -> tuple[int, int]:
         """(T, D) of ``finalize`` for these options."""
-        return (self.spec.out_frames, self.spec.out_dim)
+        return (self.out_frames, self.spec.out_dim)
+
+    @property
+    def sampling(self) -> str:
+        """The sampling rule in words (config()); at 1 fps it names the frames kept."""
+        if self.fps == DECODED_FPS:
+            return self.sampling_rule
+        from avvp_pipe.extractors.preprocess import frame_positions
+
+        kept = frame_positions(self.fps, int(self.spec.input["frames"]))
+        return (f"{self.sampling_rule}; at {self.fps} fps only decoded frames {kept.tolist()} "
+                "(np.round(np.linspace(0, 79, 10)): one frame inside each second, VALOR's choice)")
+
+    def use_frame_rate(self, fps: int) -> None:
+        """Embed ``fps`` frames a second (registry.create calls it for the ``fps`` option).
+
+        Refused for a class whose items are not the decoded frames one by one: its shapes
+        would no longer follow the rate.
+        """
+        fps = check_frame_rate(self.spec, fps)
+        if fps != DECODED_FPS and not self.takes_frame_rate:
+            raise AvvpError(f"Extractor {self.spec.name!r} does not take the fps option "
+                            f"(only {DECODED_FPS}); its items are not single decoded frames")
+        self.fps = fps
 
     @property
     def embed_dim(self) -> int:
@@ -114,7 +163,7 @@ class Extractor:
             "modality": self.spec.modality,
             "options": dict(sorted(self.options.items())),
             "input": dict(sorted(self.spec.input.items())),
-            "sampling": self.sampling_rule,
+            "sampling": self.sampling,
             "weights": {
                 "identity": self.weights_identity,
                 "file": None if self.random_init else self.spec.weights.get("file"),
@@ -122,6 +171,8 @@ class Extractor:
             "output_layer": self.spec.output_layer,
             "out_shape": list(self.out_shape),
         }
+        if self.fps != DECODED_FPS:  # absent at 8 fps, so 80-frame stores keep the keys they had
+            cfg["fps"] = self.fps
         cfg = jsonable(cfg)
         json.dumps(cfg)  # fail here, not in the cache, if a spec holds something odd
         return cfg
@@ -157,6 +208,9 @@ class Extractor:
     def _clip_frames(self, clip: Any) -> torch.Tensor:
         """``clip.frames`` as a uint8 ``(N, 3, H, W)`` tensor, checking the frame count."""
         frames = clip.frames
+        if frames is None:
+            raise ClipError(f"Clip {getattr(clip, 'clip_id', '?')}: {self.spec.name} needs video frames but the "
+                            f"clip has no video stream")
         n_expected = int(self.spec.input["frames"])
         shape = tuple(getattr(frames, "shape", ()))
         if len(shape) != 4 or shape[0] != n_expected or shape[-1] != 3:
@@ -168,6 +222,10 @@ class Extractor:
         if tensor.dtype != torch.uint8:
             raise ClipError(f"Clip {getattr(clip, 'clip_id', '?')}: {self.spec.name} expected uint8 "
                             f"RGB frames but got {tensor.dtype}")
+        if self.fps != DECODED_FPS:
+            from avvp_pipe.extractors.preprocess import frame_positions
+
+            tensor = tensor[torch.from_numpy(frame_positions(self.fps, n_expected))]  # (10, H, W, 3)
         return tensor.permute(0, 3, 1, 2)  # (N, 3, H, W), a view: no copy
 
     def _clip_audio(self, clip: Any, attr: str, n_samples: int) -> np.ndarray:

@@ -132,6 +132,7 @@ class ImageExtractor(Extractor):
     """One item per decoded frame; channels_last memory layout for the 2D CNN."""
 
     sampling_rule = "DecodedClip.frames: the 80 decoded frames (8 fps), one item per frame"
+    takes_frame_rate = True  # prepare embeds _clip_frames row by row
     #: NHWC lets cuDNN (tensor cores, under autocast) and oneDNN pick faster conv kernels.
     channels_last = True
 

@@ -53,6 +53,23 @@ def image_batch(frames: torch.Tensor, spec_input: Mapping[str, Any]) -> torch.Te
     return F.normalize(x, list(spec_input["mean"]), list(spec_input["std"]))  # (N, 3, S, S)
 
 
+def frame_positions(fps: int, n_frames: int = 80, seconds: int = 10) -> np.ndarray:
+    """Which of the ``n_frames`` decoded frames (8 fps) a 2D extractor embeds at ``fps``.
+
+    8: all of them. 1: ``np.round(np.linspace(0, n_frames - 1, seconds))`` = frames 0, 9, 18,
+    26, 35, 44, 53, 61, 70, 79. That is VALOR's rule (utils/clip_preprocess.py: 10 of the
+    ``ffmpeg -r 8`` JPEGs, equally spaced), so 1-fps features reproduce the CLIP features
+    VALOR, MM-CSE and others train on: the same images whenever a clip has 80 JPEGs, at most
+    one JPEG (1/8 s) apart when it has 81-82. Each kept frame lies inside its own second k
+    (frames 8k..8k+7), drifting from the start of second 0 to the end of second 9.
+    """
+    if fps == n_frames // seconds:
+        return np.arange(n_frames)
+    if fps != 1:
+        raise ValueError(f"Expected fps {n_frames // seconds} or 1 but got {fps}")
+    return np.round(np.linspace(0, n_frames - 1, seconds)).astype(np.int64)
+
+
 def vggish_examples(audio: np.ndarray, spec_input: Mapping[str, Any]) -> torch.Tensor:
     """16 kHz mono ``(pieces * sr,)`` -> float32 ``(pieces, 1, 96, 64)`` log-mel examples.
 

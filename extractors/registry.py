@@ -56,6 +56,9 @@ class ExtractorSpec:
 #: name -> spec; family modules fill it at import time through :func:`register`.
 REGISTRY: dict[str, ExtractorSpec] = {}
 _BUILDERS: dict[str, Callable[..., Extractor]] = {}
+#: name prefix -> resolver(name) that registers the spec of a name no module listed
+#: (``timm:<model_name>``: any timm model, resolved from timm's own config on first use).
+_RESOLVERS: dict[str, Callable[[str], None]] = {}
 
 
 def register(spec: ExtractorSpec, builder: Callable[..., Extractor]) -> None:
@@ -83,13 +86,68 @@ def _check_spec(spec: ExtractorSpec) -> None:
         raise ValueError(f"{spec.name}: expected requires to be a tuple but got {type(spec.requires)}")
 
 
+def register_resolver(prefix: str, resolver: Callable[[str], None]) -> None:
+    """Names starting with ``prefix`` are registered on first use by ``resolver(name)``.
+
+    A family whose members are open-ended (every timm model) cannot list them at import
+    time; its resolver builds the spec from the library's config and calls :func:`register`.
+    """
+    _RESOLVERS[prefix] = resolver
+
+
 def get_spec(name: str) -> ExtractorSpec:
-    """The spec registered as ``name``; an unknown name lists the known ones."""
+    """The spec registered as ``name`` (or resolved by a prefix); an unknown name lists the known ones."""
+    if name not in REGISTRY:
+        for prefix, resolver in _RESOLVERS.items():
+            if name.startswith(prefix) and len(name) > len(prefix):
+                resolver(name)  # registers it, or raises an AvvpError naming the problem
+                break
     try:
         return REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(REGISTRY)) or "(none registered)"
+        known = ", ".join(sorted(REGISTRY) + [f"{p}<model_name>" for p in sorted(_RESOLVERS)]) or "(none registered)"
         raise AvvpError(f"Unknown extractor {name!r}; expected one of: {known}") from None
+
+
+def parse_request(text: str) -> tuple[str, dict[str, Any]]:
+    """``name[key=value,...]`` -> (name, options): how a command line asks for options.
+
+    Values are read as JSON where they parse (``fps=1`` an int, ``normalize=true`` a bool)
+    and as strings otherwise (``mode=windows``). ``clip_vit_l14[fps=1]`` and
+    ``clap[mode=clip,checkpoint=laion/clap-htsat-unfused]`` are requests; their options
+    key the store, so each writes its own.
+    """
+    import json
+
+    text = text.strip()
+    name, bracket, rest = text.partition("[")
+    if not bracket:
+        return text, {}
+    if not rest.endswith("]") or "[" in rest[:-1] or "]" in rest[:-1] or not name:
+        raise AvvpError(f"Extractor request {text!r}: expected NAME or NAME[key=value,...]")
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest[:-1].split(","))):
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise AvvpError(f"Extractor request {text!r}: expected key=value but got {item!r}")
+        try:
+            value = json.loads(raw.strip())
+        except ValueError:
+            value = raw.strip()
+        options[key.strip()] = value
+    return name.strip(), options
+
+
+def split_requests(text: str) -> list[str]:
+    """``a,b[x=1,y=2],c`` -> ``['a', 'b[x=1,y=2]', 'c']``: commas inside brackets stay."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
 
 
 def missing_packages(spec: ExtractorSpec) -> list[str]:
@@ -121,11 +179,14 @@ def create(
         raise WeightsError(f"Extractor {name!r} needs the Python package(s) {', '.join(missing)}; "
                            f"install them (pip install {' '.join(missing)})")
     resolved = resolve_options(spec, options)
+    fps = resolved.pop("fps", None) if "fps" not in spec.options else None  # the base class's option
     dev = _check_device(device)
     wdir = Path(weights_dir).expanduser() if weights_dir is not None else None
     extractor = _BUILDERS[name](spec, device=dev, weights_dir=wdir, random_init=random_init, **resolved)
     if not isinstance(extractor, Extractor):
         raise TypeError(f"Builder for {name!r} returned {type(extractor).__name__}, not an Extractor")
+    if fps is not None:
+        extractor.use_frame_rate(fps)
     return extractor
 
 
@@ -152,7 +213,12 @@ def availability(name: str, weights_dir: str | Path | None = None) -> dict[str, 
 
     spec = get_spec(name)
     missing = missing_packages(spec)
-    status, path = weights.locate(spec.weights, weights_dir)
+    if spec.weights.get("source") == "hf_hub":  # a Hugging Face hub file: the HF cache, not torch hub's
+        from avvp_pipe.extractors import hub
+
+        status, path = hub.locate(spec.weights, weights_dir)
+    else:
+        status, path = weights.locate(spec.weights, weights_dir)
     result: dict[str, Any] = {
         "packages": not missing,
         "missing_packages": missing,
@@ -184,7 +250,8 @@ def input_summary(spec: ExtractorSpec) -> str:
 def summary(name: str, weights_dir: str | Path | None = None) -> dict[str, Any]:
     """One row of ``avvp-pipe extractors list``: the spec's headline fields and availability."""
     spec = get_spec(name)
-    source = spec.weights.get("file") or spec.weights.get("id") or "-"
+    source = (spec.weights.get("repo") if spec.weights.get("source") == "hf_hub" else None) \
+        or spec.weights.get("file") or spec.weights.get("id") or "-"
     return {
         "name": spec.name,
         "modality": spec.modality,

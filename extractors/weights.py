@@ -19,7 +19,9 @@ import logging
 import socket
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,8 @@ RANDOM_INIT = "random-init"
 #: Seconds a download may wait on one network operation (connect or read) before failing.
 DOWNLOAD_TIMEOUT_S = 20.0
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
+#: Whether files that differ from their published hash may be used (see trust_weights).
+_TRUST: ContextVar[bool] = ContextVar("avvp_trust_weights", default=False)
 
 
 def hub_checkpoints_dir() -> Path:
@@ -113,54 +117,93 @@ def file_sha256(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
+@contextmanager
+def trust_weights(enabled: bool = True) -> Iterator[None]:
+    """Within this block, weights files whose hash differs from the published one are used.
+
+    Why an explicit switch: a file in --weights-dir or the hub cache that is not the
+    published one may be fine-tuned, re-saved, or tampered with; only the user can tell, so
+    they say it (``extract --trust-weights``) and the file's own hash then keys the features.
+    """
+    token = _TRUST.set(enabled)
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
 def file_identity(path: Path, expected_prefix: str | None = None) -> str:
     """First 16 hex of the file's sha256: the weights identity in configs and store keys.
 
-    A file whose hash does not start with the published prefix is still used (a user may
-    fine-tune or re-save weights), but loudly, and its own hash keys the features.
+    A file whose hash does not start with the published prefix is refused, unless the caller
+    is inside :func:`trust_weights`; then it is used, loudly, and its own hash keys the features.
     """
     sha = file_sha256(path)
     if expected_prefix and not sha.startswith(expected_prefix):
-        log.warning("weights file %s has sha256 %s..., not the published %s...; using it, and "
-                    "features are keyed by its own hash", path, sha[:16], expected_prefix)
+        if not _TRUST.get():
+            raise WeightsError(f"Weights file {path} has sha256 {sha[:16]}..., not the published "
+                               f"{expected_prefix}...; refusing a file that may have been altered "
+                               f"(pass --trust-weights to use it: its own hash then keys the features)")
+        log.warning("weights file %s has sha256 %s..., not the published %s...; using it (--trust-weights), "
+                    "and features are keyed by its own hash", path, sha[:16], expected_prefix)
     return sha[:16]
+
+
+#: The only globals a checkpoint may pickle beyond torch's own: what numpy arrays and scalars
+#: need to be rebuilt (torchvggish's PCA file holds numpy arrays). Nothing else numpy offers
+#: is allowed: some of its functions evaluate strings, so "anything under numpy" runs code.
+NUMPY_ARRAY_GLOBALS = frozenset({
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "numpy.ndarray", "numpy.dtype",
+})
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:
     """``torch.load`` with weights_only=True; numpy arrays inside (old checkpoints such as
-    torchvggish's PCA params) are allowed by name, never arbitrary pickled code."""
+    torchvggish's PCA params) are allowed through :data:`NUMPY_ARRAY_GLOBALS` only."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as first:
-        unsafe = _numpy_globals(path)
-        if unsafe is None:
+        names = _pickled_globals(path)
+        if names is None:
             raise WeightsError(f"Weights file {path} cannot be read as a PyTorch checkpoint "
-                               f"({type(first).__name__}: {' '.join(str(first).split())[:200]})") from first
-        with torch.serialization.safe_globals(unsafe):
-            return torch.load(path, map_location="cpu", weights_only=True)
+                               f"({type(first).__name__}: {_first_line(first)})") from first
+        refused = sorted(names - NUMPY_ARRAY_GLOBALS)
+        if refused or not names:
+            raise WeightsError(f"Weights file {path} pickles {', '.join(refused[:5]) or 'objects'}: refused, "
+                               f"only tensors and numpy arrays are loaded (nothing in it was run)") from None
+        try:
+            with torch.serialization.safe_globals(_numpy_array_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise WeightsError(f"Weights file {path} cannot be read as a PyTorch checkpoint of tensors "
+                               f"and numpy arrays ({type(err).__name__}: {_first_line(err)})") from err
 
 
-def _numpy_globals(path: Path) -> list[Any] | None:
-    """The numpy classes a checkpoint pickles, resolved; None if it needs anything else."""
-    import importlib
+def _first_line(err: BaseException) -> str:
+    """The start of an error's message, one line, without terminal escape codes."""
+    import re
 
+    return re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(err).split()))[:200]
+
+
+def _pickled_globals(path: Path) -> set[str] | None:
+    """The globals a checkpoint's pickle names beyond torch's own; None if it is no checkpoint."""
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        return set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:
         return None
-    if not names or not all(n.startswith("numpy") for n in names):
-        return None
+
+
+def _numpy_array_globals() -> list[Any]:
+    """:data:`NUMPY_ARRAY_GLOBALS` resolved, plus numpy's dtype classes (Float64DType, ...),
+    which unpickling meets without listing them: data types, no code."""
     import numpy as np
 
-    # numpy's dtype classes (Float64DType, ...) are only met during unpickling, not listed.
+    core = np._core if hasattr(np, "_core") else np.core
     objects: list[Any] = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
-    for name in names:
-        module, _, attr = name.rpartition(".")
-        try:
-            objects.append(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError):
-            return None
-    return objects
+    return objects + [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype]
 
 
 def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: Path,

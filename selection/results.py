@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from avvp_pipe.core.errors import AvvpError
-from avvp_pipe.core.io import atomic_write_json
+from avvp_pipe.core.io import atomic_path, atomic_write_json
 from avvp_pipe.pipeline.llp.annotations import Annotations
 
 SUBDIR = "pairings"
@@ -56,6 +56,27 @@ def load_result(path: Path) -> dict | None:
     except (OSError, json.JSONDecodeError) as err:
         raise AvvpError(f"{path}: expected a pairing result JSON but cannot read it ({err}); "
                         f"delete it or pass --overwrite") from None
+
+
+def save_run_predictions(path: Path, predictions: Mapping[str, np.ndarray]) -> Path:
+    """A run's eval-split outputs as an .npz in evaluate's P.npz layout, atomically.
+
+    Written as the engine returned them, unchecked: the bootstrap must rescore exactly what the
+    run was scored on (HAN's fused probability can exceed 1 by rounding, which a P.npz check refuses).
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a file object: numpy appends no ".npz"
+        np.savez(handle, **{k: np.asarray(v) for k, v in predictions.items()})
+    return path
+
+
+def load_run_predictions(path: Path) -> dict[str, np.ndarray]:
+    """What :func:`save_run_predictions` wrote; a missing or unreadable file is an error naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError) as err:
+        raise AvvpError(f"{path}: expected a run's predictions (.npz) but cannot read it ({err}); "
+                        f"rerun with --overwrite") from None
 
 
 def save_result(path: Path, result: Mapping[str, Any]) -> Path:

@@ -1,33 +1,40 @@
-"""The two protocols of the seed paper (section 3.2) and LogME, over M x K pairings, resumably.
+"""The two protocols of the seed paper (section 3.2) and the training-free panel, over M x K pairings, resumably.
 
 - upper bound (F1): train on test, pick the epoch on test, score on test. Over-fitted on
   purpose: the paper's claim is that it ranks pairings as the traditional protocol does, at
   the cost of training on the (LLP: 8x smaller) test split only.
 - traditional (F2, ``--validate``): train on train, pick the epoch on val, score on test.
-- LogME (``--method logme|both``): no training at all (:mod:`avvp_pipe.selection.logme`).
+- training-free scores (``--method logme,hscore,...``): no training (:mod:`avvp_pipe.selection.free`).
+- ``--seeds K`` trains every pairing K times, grouped by the one training engine;
+  ``--bootstrap B`` adds intervals (:mod:`avvp_pipe.selection.bootstrap`); ``--workers`` and
+  ``--scheduler`` spread the groups over dask (:mod:`avvp_pipe.selection.distributed`).
 
-Every store of every pairing is checked before any training starts (missing clips, datasets,
-random-init and simulated features), so a bad candidate fails the run at once rather than
-after hours. Each pairing's result is a file of its own (:mod:`avvp_pipe.selection.results`).
+Candidates are checked before any work (:mod:`avvp_pipe.selection.candidates`). Each run's
+result is a file of its own (:mod:`avvp_pipe.selection.results`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
-from avvp_pipe.cache.store import FeatureStore, check_usable
-from avvp_pipe.core.errors import AvvpError
+import numpy as np
+
 from avvp_pipe.pipeline.llp.annotations import Annotations
-from avvp_pipe.pipeline.train.pairing import ROLES, check_complete, load_pairing, open_pairing_stores
 from avvp_pipe.pipeline.train.config import TrainConfig
 from avvp_pipe.pipeline.train.engine import Member, TrainResult, can_group, metric_value, train_group
-from avvp_pipe.selection import logme as logme_mod
-from avvp_pipe.selection.methods import METHODS, PROTOCOLS
-from avvp_pipe.selection.results import labels_digest, load_result, result_key, result_path, save_result
+from avvp_pipe.pipeline.extract.distributed import connect
+from avvp_pipe.selection.candidates import Candidates, Pairing, check_candidates
+from avvp_pipe.selection.bootstrap import LEVEL, resample_rows
+from avvp_pipe.selection.distributed import GroupUnit, execute
+from avvp_pipe.selection.free import run_free, trained_bootstrap
+from avvp_pipe.selection.methods import FREE, PROTOCOLS, SelectUsageError, parse_methods
+from avvp_pipe.selection.results import (labels_digest, load_result, result_key, result_path, save_result,
+                                       save_run_predictions)
 
 log = logging.getLogger(__name__)
 
@@ -35,62 +42,8 @@ LOGME_SPLIT = "test"
 
 Notify = Callable[[str], None]
 
-
-@dataclass(frozen=True)
-class Candidates:
-    """The extractors to pair: every audio store with every 2D visual store (and the one 3D store)."""
-
-    cache: str
-    dataset: str
-    audio: tuple[str, ...]
-    visual: tuple[str, ...]
-    visual_3d: str | None = None
-    allow_random_init: bool = False
-    allow_simulated: bool = False
-
-    def pairs(self) -> list[tuple[str, str]]:
-        """(audio, visual) names, audio-major, as given."""
-        if not self.audio or not self.visual:
-            raise AvvpError("select: expected at least one --audio and one --visual extractor but got none")
-        return list(itertools.product(self.audio, self.visual))
-
-
-@dataclass
-class Pairing:
-    """A checked pairing: its stores, its name and store keys (what results are keyed by)."""
-
-    audio: str
-    visual: str
-    stores: dict[str, FeatureStore]
-
-    @property
-    def name(self) -> str:
-        return "+".join(self.stores[r].extractor for r in ROLES if r in self.stores)
-
-    def store_keys(self) -> dict[str, str]:
-        return {role: f"{s.extractor}@{s.key}" for role, s in self.stores.items()}
-
-
-def check_candidates(cands: Candidates, annotations: Annotations, splits: Sequence[str]) -> list[Pairing]:
-    """Open and check every pairing's stores for ``splits`` before any work: errors come at once."""
-    pairings = []
-    for audio, visual in cands.pairs():
-        stores = open_pairing_stores(cands.cache, cands.dataset, audio, visual, cands.visual_3d,
-                                     allow_random_init=cands.allow_random_init,
-                                     allow_simulated=cands.allow_simulated)
-        for split in dict.fromkeys(splits):
-            ids = annotations.split_ids(split)
-            if not ids:
-                raise AvvpError(f"split {split!r} has no clips in the annotations at {annotations.root}")
-            check_complete(stores, ids, split)
-        pairings.append(Pairing(audio, visual, stores))
-    unique = {s.url: s for p in pairings for s in p.stores.values()}
-    check_usable(list(unique.values()), allow_random_init=cands.allow_random_init,
-                 allow_simulated=cands.allow_simulated)  # one dataset across ALL pairings
-    names = [p.name for p in pairings]
-    if len(set(names)) != len(names):
-        raise AvvpError(f"select: expected distinct pairings but got duplicates in {', '.join(names)}")
-    return pairings
+__all__ = ["Candidates", "Pairing", "check_candidates", "protocol_config", "auto_parallel", "train_datas",
+           "seed_list", "run_protocol", "run_logme", "SelectOptions", "needed_splits", "run_select"]
 
 
 def protocol_config(config: TrainConfig, protocol: str, score: str) -> TrainConfig:
@@ -98,12 +51,6 @@ def protocol_config(config: TrainConfig, protocol: str, score: str) -> TrainConf
     train, select, evaluate = PROTOCOLS[protocol]
     return replace(config, train_split=train, select_split=select, eval_split=evaluate,
                    select_metric=score).resolved()
-
-
-def _load(cands: Candidates, annotations: Annotations, pairing: Pairing, splits: Sequence[str]):
-    return load_pairing(cands.cache, cands.dataset, annotations, list(splits), audio=pairing.audio,
-                        visual=pairing.visual, visual_3d=cands.visual_3d,
-                        allow_random_init=cands.allow_random_init, allow_simulated=cands.allow_simulated)
 
 
 def auto_parallel(config: TrainConfig) -> int:
@@ -117,9 +64,13 @@ def auto_parallel(config: TrainConfig) -> int:
 
 
 def train_datas(datas: list, annotations: Annotations, config: TrainConfig, parallel: int, progress: bool,
-                notify: Notify) -> tuple[list[TrainResult], str]:
-    """Train a group in one grouped run when possible, else one at a time; says which it did."""
-    members = [Member(d, config.seed) for d in datas]
+                notify: Notify, seeds: Sequence[int] | None = None) -> tuple[list[TrainResult], str]:
+    """Train a group in one grouped run when possible, else one at a time; says which it did.
+
+    ``seeds``: one per data (default: the config's seed for all); K seeds of one pairing are
+    the same data listed K times.
+    """
+    members = [Member(d, s) for d, s in zip(datas, seeds or [config.seed] * len(datas))]
     reason = can_group(config) if len(datas) > 1 and parallel > 1 else None
     if len(datas) > 1 and parallel > 1 and reason is None:
         try:
@@ -131,64 +82,69 @@ def train_datas(datas: list, annotations: Annotations, config: TrainConfig, para
     return [train_group([m], annotations, config, progress=progress)[0] for m in members], "alone"
 
 
+def seed_list(config: TrainConfig, seeds: int) -> list[int]:
+    """The K seeds of a pairing: the config's seed, then the next K - 1 (so K = 1 is today's run)."""
+    if seeds < 1:
+        raise SelectUsageError(f"--seeds: expected an integer >= 1 but got {seeds}")
+    return [config.seed + j for j in range(seeds)]
+
+
 def run_protocol(cands: Candidates, annotations: Annotations, pairings: Sequence[Pairing], config: TrainConfig,
                  protocol: str, score: str, out: str, *, parallel: int = 0, overwrite: bool = False,
-                 progress: bool = False, notify: Notify = log.warning) -> list[dict]:
-    """One result dict per pairing (in order): saved ones are reused, the rest trained in groups."""
+                 progress: bool = False, notify: Notify = log.warning, seeds: int = 1,
+                 client: Any = None) -> list[list[dict]]:
+    """K result dicts per pairing (in order), one per seed: saved ones are reused, the rest trained in groups.
+
+    Each (pairing, seed) is keyed like a one-seed run of that seed, so seed 1 of ``--seeds 3``
+    is the result a plain run already saved. Groups go to ``client``'s dask workers when given.
+    """
     cfg = protocol_config(config, protocol, score)
-    splits = list(dict.fromkeys(PROTOCOLS[protocol]))
-    settings = cfg.keyed()
+    splits = tuple(dict.fromkeys(PROTOCOLS[protocol]))
     labels = labels_digest(annotations, splits)
-    paths = [result_path(out, p.name, protocol, result_key(p.store_keys(), protocol, settings, labels))
-             for p in pairings]
-    results = [None if overwrite else load_result(path) for path in paths]
-    todo = [i for i, r in enumerate(results) if r is None]
-    if len(todo) < len(pairings):
-        notify(f"{protocol}: {len(pairings) - len(todo)} of {len(pairings)} pairings already done in {out}; "
+    seed_values = seed_list(cfg, seeds)
+    paths = [[result_path(out, p.name, protocol,
+                          result_key(p.store_keys(), protocol, replace(cfg, seed=s).keyed(), labels))
+              for s in seed_values] for p in pairings]
+    results = [[None if overwrite else load_result(path) for path in row] for row in paths]
+    todo = [(i, j) for i, row in enumerate(results) for j, r in enumerate(row) if r is None]
+    total = len(pairings) * seeds
+    if len(todo) < total:
+        what = "pairings" if seeds == 1 else "runs (pairing x seed)"
+        notify(f"{protocol}: {total - len(todo)} of {total} {what} already done in {out}; "
                f"skipping them (--overwrite redoes them)")
-    size = max(1, parallel or auto_parallel(cfg))
-    for start in range(0, len(todo), size):
-        group = todo[start : start + size]
-        began = time.perf_counter()
-        datas = [_load(cands, annotations, pairings[i], splits) for i in group]
-        trained, mode = train_datas(datas, annotations, cfg, size, progress, notify)
-        wall = (time.perf_counter() - began) / len(group)  # each pairing's share, loading included
-        for i, result in zip(group, trained):
-            results[i] = _record(pairings[i], protocol, cfg, score, result, mode, wall, paths[i].stem)
-            save_result(paths[i], results[i])
+    size = max(1, parallel or max(auto_parallel(cfg), seeds))
+    units = [GroupUnit(cands, annotations, tuple((pairings[i].audio, pairings[i].visual,
+                                                  tuple(sorted(pairings[i].store_keys().items())),
+                                                  seed_values[j]) for i, j in todo[start:start + size]),
+                       splits, cfg, size, progress) for start in range(0, len(todo), size)]
+    for unit, (trained, mode, wall) in execute(units, client, notify):
+        for (i, j), result in zip(todo[unit * size:(unit + 1) * size], trained):
+            results[i][j] = _record(pairings[i], protocol, cfg, score, result, mode, wall, paths[i][j],
+                                    seed_values[j])
     return results
 
 
 def _record(pairing: Pairing, protocol: str, cfg: TrainConfig, score: str, result: TrainResult, mode: str,
-            wall: float, key: str) -> dict:
-    return {
+            wall: float, path: Path, seed: int) -> dict:
+    """Save one run: its predictions first (for --bootstrap), then the JSON that marks it done."""
+    save_run_predictions(path.with_suffix(".npz"), result.predictions)
+    record = {
         "pairing": pairing.name, "audio": pairing.audio, "visual": pairing.visual,
-        "store_keys": pairing.store_keys(), "protocol": protocol, "key": key, "score_key": score,
+        "store_keys": pairing.store_keys(), "protocol": protocol, "key": path.stem, "score_key": score,
         "score": metric_value(result.scores, score), "best_epoch": result.best_epoch,
         "best_select": result.best_score, "train_seconds": result.seconds, "seconds": wall, "trained": mode,
-        "config": asdict(cfg), "history": result.history, "scores": result.scores,
+        "seed": seed, "predictions": path.with_suffix(".npz").name,
+        "config": asdict(replace(cfg, seed=seed)), "history": result.history, "scores": result.scores,
     }
+    save_result(path, record)
+    return record
 
 
 def run_logme(cands: Candidates, annotations: Annotations, pairings: Sequence[Pairing], out: str, *,
               split: str = LOGME_SPLIT, overwrite: bool = False, notify: Notify = log.warning) -> list[dict]:
     """LogME of every pairing on ``split`` (resumable like the trained protocols)."""
-    settings = {"split": split, "features": "time-mean audio ++ visual [++ visual_3d]", "targets": "weak labels"}
-    labels = labels_digest(annotations, [split])
-    results = []
-    for pairing in pairings:
-        path = result_path(out, pairing.name, "logme", result_key(pairing.store_keys(), "logme", settings, labels))
-        saved = None if overwrite else load_result(path)
-        if saved is None:
-            began = time.perf_counter()
-            arrays = _load(cands, annotations, pairing, [split]).splits[split]
-            value = logme_mod.logme_pairing(arrays)
-            saved = {"pairing": pairing.name, "audio": pairing.audio, "visual": pairing.visual,
-                     "store_keys": pairing.store_keys(), "protocol": "logme", "key": path.stem, "split": split,
-                     "score": value, "seconds": time.perf_counter() - began, "settings": settings}
-            save_result(path, saved)
-        results.append(saved)
-    return results
+    return run_free(cands, annotations, pairings, out, ("logme",), split=split, overwrite=overwrite,
+                    notify=notify)[0]["logme"]
 
 
 @dataclass(frozen=True)
@@ -196,11 +152,16 @@ class SelectOptions:
     """What ``avvp-pipe select`` runs, besides the candidates and the training config."""
 
     score: str = "segment.type_at_av"
-    method: str = "upper-bound"  # upper-bound | logme | both
+    method: str = "upper-bound"  # a comma list of METHODS (selection/methods.py), e.g. upper-bound,logme,cca
     validate: bool = False
-    parallel: int = 0  # pairings per group; 0 = auto (grouped on cuda, one at a time on cpu)
+    parallel: int = 0  # runs per group; 0 = auto (grouped on cuda, one at a time on cpu; K seeds together)
     overwrite: bool = False
     progress: bool = False
+    seeds: int = 1  # K runs per pairing and protocol
+    bootstrap: int = 0  # B resamples of the test clips; 0 = none
+    bootstrap_seed: int = 0
+    workers: int | None = None  # dask LocalCluster workers (0 = one per GPU); None = in-process
+    scheduler: str | None = None  # address of a running dask scheduler
 
 
 def _warm_up() -> None:
@@ -221,28 +182,71 @@ def needed_splits(options: SelectOptions) -> list[str]:
     return splits
 
 
+def _check_options(options: SelectOptions) -> tuple[str, ...]:
+    methods = parse_methods(options.method)
+    if options.bootstrap < 0:
+        raise SelectUsageError(f"--bootstrap: expected 0 (none) or a number of resamples but got {options.bootstrap}")
+    if options.workers is not None and options.scheduler is not None:
+        raise SelectUsageError("--workers and --scheduler: expected one of them, not both")
+    return methods
+
+
 def run_select(cands: Candidates, annotations: Annotations, config: TrainConfig, out: str,
                options: SelectOptions, notify: Notify = log.warning) -> dict:
-    """Check every pairing, run the chosen protocols, write and return the ranking record."""
+    """Check every pairing, run the chosen protocols and scores, write and return the ranking record."""
     from avvp_pipe.selection.report import build_ranking, write_outputs
 
-    if options.method not in METHODS:
-        raise AvvpError(f"--method: expected one of {', '.join(METHODS)} but got {options.method!r}")
+    methods = _check_options(options)
     pairings = check_candidates(cands, annotations, needed_splits(options))
     _warm_up()
-    results: dict[str, list[dict] | None] = {}
+    rows = (resample_rows(len(annotations.split_ids("test")), options.bootstrap, options.bootstrap_seed)
+            if options.bootstrap else None)
+    client, cluster = connect(options.workers, options.scheduler)
+    try:
+        results, wall = _run_protocols(cands, annotations, pairings, config, out, options, methods, client, notify)
+    finally:
+        _close(client, cluster)
+    free = [m for m in methods if m in FREE]
+    samples: dict = {}
+    if free:
+        began = time.perf_counter()
+        scores, samples = run_free(cands, annotations, pairings, out, free, overwrite=options.overwrite,
+                                   rows=rows, bootstrap_seed=options.bootstrap_seed, notify=notify)
+        results.update(scores)
+        wall.update({m: (time.perf_counter() - began) / len(free) for m in free})
+    if rows is not None:
+        samples.update(trained_bootstrap(out, annotations, results, options.score, rows, options.bootstrap_seed))
+    ranking = build_ranking([p.name for p in pairings], results, options.score, wall, samples=samples,
+                            bootstrap=_bootstrap_info(options, rows))
+    ranking["files"] = [str(p) for p in write_outputs(out, ranking)]
+    return ranking
+
+
+def _run_protocols(cands: Candidates, annotations: Annotations, pairings: Sequence[Pairing], config: TrainConfig,
+                   out: str, options: SelectOptions, methods: Sequence[str], client: Any,
+                   notify: Notify) -> tuple[dict, dict]:
+    results: dict[str, list | None] = {}
     wall: dict[str, float] = {}
-    protocols = (["upper-bound"] if options.method != "logme" else []) + (["traditional"] if options.validate else [])
+    protocols = (["upper-bound"] if "upper-bound" in methods else []) + (["traditional"] if options.validate else [])
     for protocol in protocols:
         began = time.perf_counter()
         results[protocol] = run_protocol(cands, annotations, pairings, config, protocol, options.score, out,
                                          parallel=options.parallel, overwrite=options.overwrite,
-                                         progress=options.progress, notify=notify)
+                                         progress=options.progress and client is None, notify=notify,
+                                         seeds=options.seeds, client=client)
         wall[protocol] = time.perf_counter() - began
-    if options.method in ("logme", "both"):
-        began = time.perf_counter()
-        results["logme"] = run_logme(cands, annotations, pairings, out, overwrite=options.overwrite, notify=notify)
-        wall["logme"] = time.perf_counter() - began
-    ranking = build_ranking([p.name for p in pairings], results, options.score, wall)
-    ranking["files"] = [str(p) for p in write_outputs(out, ranking)]
-    return ranking
+    return results, wall
+
+
+def _bootstrap_info(options: SelectOptions, rows: np.ndarray | None) -> dict | None:
+    if rows is None:
+        return None
+    return {"resamples": options.bootstrap, "seed": options.bootstrap_seed, "clips": int(rows.shape[1]),
+            "level": LEVEL, "combined_with_seeds": options.seeds > 1}
+
+
+def _close(client: Any, cluster: Any) -> None:
+    if client is not None:
+        client.close()
+    if cluster is not None:
+        cluster.close()

@@ -30,3 +30,16 @@ def make_cache(root: str | Path, ann: Annotations, extractors: Sequence[str], da
     specs = [SimulatedExtractor.parse(text) for text in extractors]
     synthesize_features(str(root), dataset, ann, specs, seed=seed, progress=False)
     return str(root)
+
+
+#: Simulated extractors of known quality: pairing (a_i, v_j) should rank by QUALITY[i] + QUALITY[j].
+QUALITY = {"0": 0.1, "1": 0.5, "2": 0.9}
+QUALITY_AUDIO = [f"a{i}:audio:{24 + 8 * int(i)}:{q}" for i, q in QUALITY.items()]  # widths 24, 32, 40
+QUALITY_VISUAL = [f"v{i}:visual-2d:{40 + 8 * int(i)}:{q}" for i, q in QUALITY.items()]  # widths 40, 48, 56
+
+
+def make_quality_world(root: Path, extra: Sequence[str] = ()) -> dict:
+    """200 clips (80 train / 40 val / 80 test) and the 3 x 3 quality-ordered stores (+ ``extra``)."""
+    ann = make_annotations(root / "ann", n_clips=200, fractions=(0.4, 0.2, 0.4))
+    cache = make_cache(root / "cache", ann, QUALITY_AUDIO + QUALITY_VISUAL + list(extra))
+    return {"root": root, "ann": ann, "ann_dir": str(root / "ann"), "cache": cache}

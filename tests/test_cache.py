@@ -340,8 +340,8 @@ def test_check_usable_refusals(tmp_path):
     check_usable([real])
     with pytest.raises(StoreError, match="different datasets"):
         check_usable([real, other_ds])
-    with pytest.raises(StoreError, match="different datasets"):
-        check_usable([real, subset])
+    with pytest.raises(StoreError, match=r"dataset 'tiny' hold different clip lists: a@\w+ 12 clips, c@\w+ 6 clips"):
+        check_usable([real, subset])  # one dataset name, other clips: says what differs (issue 13)
     with pytest.raises(StoreError, match="--allow-random-init"):
         check_usable([real, rand])
     with pytest.raises(StoreError, match="--allow-simulated"):

@@ -27,6 +27,7 @@ from avvp_pipe.pipeline.cli import cli
 from avvp_pipe.core.errors import EXIT_PARTIAL, EXIT_USAGE, EXIT_WEIGHTS, StoreError
 from avvp_pipe.pipeline.extract import ExtractOptions, find_clips, run_extract
 from tests import clips
+from tests.tolerance import float32_atol
 
 REPO = Path(__file__).resolve().parents[1]
 CHEAP = {"vggish"}  # full extract path in every run; r2plus1d_18 has its own test
@@ -185,7 +186,8 @@ def test_batched_rows_return_to_their_clips(resume_set):
     for i, cid in enumerate(resume_set["ids"][:3]):  # clip 1 straddles the first two batches
         clip = decode_clip(resume_set["videos"] / f"{cid}.mp4", audio_rates=(16000,))
         direct = ex.finalize(ex.embed(ex.prepare(clip)))  # (10, 128), one clip alone
-        np.testing.assert_allclose(resume_set["ref"][i], direct, rtol=1e-4, atol=1e-6)
+        # other batch, other kernel blocking: float32 sums of up to 512 x 4 x 6 terms (VGGish's fc1)
+        np.testing.assert_allclose(resume_set["ref"][i], direct, rtol=0, atol=float32_atol(direct, 12288))
     assert not np.allclose(resume_set["ref"][0], resume_set["ref"][1], rtol=1e-2)
 
 

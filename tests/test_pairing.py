@@ -118,7 +118,7 @@ def test_refuses_stores_of_different_clip_lists(world, tmp_path):
     cache = str(tmp_path / "cache")
     _random_store(cache, ann, "ra", "audio", (10, 4))
     _random_store(cache, other, "rv", "visual-2d", (80, 4))  # same dataset name, other clips
-    with pytest.raises(StoreError, match="different datasets"):
+    with pytest.raises(StoreError, match="different clip lists"):  # and says how many clips each holds
         load_pairing(cache, "tiny", ann, ["test"], audio="ra", visual="rv", allow_random_init=True)
 
 

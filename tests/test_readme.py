@@ -1,5 +1,6 @@
-"""README.md stays true: every ``avvp-pipe`` example parses with the current CLI, and every
-command of the CLI has an example there.
+"""README.md stays true: every ``avvp-pipe`` example parses with the current CLI, every
+command of the CLI has an example there, every ``python -c`` line runs, and every
+``avvp_pipe.<name>`` the text refers to exists.
 
 Only parsing is checked (nothing runs); an option that names a file the example does not
 ship (``--predictions P.npz``) may fail its existence check, and nothing else may.
@@ -70,3 +71,43 @@ def test_every_command_has_a_readme_example() -> None:
     documented = {leaf(shlex.split(e.replace("<key>", "KEY"))[1:])[2] for e in readme_examples()}
     missing = sorted(set(all_commands()) - documented)
     assert not missing, f"commands without an example in README.md: {missing}"
+
+
+def readme_python_lines() -> list[str]:
+    """The code of every ``python -c "..."`` line of an indented block."""
+    return re.findall(r'^    python -c "(.+)"$', README.read_text(), re.M)
+
+
+def readme_api_names() -> list[str]:
+    """Dotted ``avvp_pipe.x.y`` names in backticks (a call's arguments dropped)."""
+    return sorted(set(re.findall(r"`(avvp_pipe(?:\.\w+)+)", README.read_text())))
+
+
+def test_readme_has_python_lines_and_names() -> None:
+    assert readme_python_lines() and len(readme_api_names()) >= 3
+
+
+@pytest.mark.parametrize("code", readme_python_lines())
+def test_readme_python_line_runs(code: str) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", readme_api_names())
+def test_readme_api_name_exists(name: str) -> None:
+    import importlib
+
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            assert hasattr(obj, attr), f"README names {name} but {'.'.join(parts[:cut])} has no {attr}"
+            obj = getattr(obj, attr)
+        return
+    raise AssertionError(f"README names {name}, which does not import")

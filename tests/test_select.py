@@ -29,11 +29,8 @@ from avvp_pipe.models.han import HAN, HANConfig
 from avvp_pipe.pipeline.train.pairing import load_pairing
 from avvp_pipe.selection import logme, stats
 from avvp_pipe.models import grouped
-from tests.featuresets import make_annotations, make_cache
+from tests.featuresets import QUALITY, make_quality_world
 
-QUALITY = {"0": 0.1, "1": 0.5, "2": 0.9}
-AUDIO = [f"a{i}:audio:{24 + 8 * int(i)}:{q}" for i, q in QUALITY.items()]  # widths 24, 32, 40
-VISUAL = [f"v{i}:visual-2d:{40 + 8 * int(i)}:{q}" for i, q in QUALITY.items()]  # widths 40, 48, 56
 TRAIN_ARGS = ["--epochs", "10", "--batch-size", "8", "--lr", "0.001", "--d-model", "128", "--ffn", "128", "--quiet"]
 SMALL = {"d_model": 128, "ffn": 128}
 pytestmark = pytest.mark.filterwarnings("ignore:.*holds simulated features")
@@ -41,10 +38,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*holds simulated features")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("select")
-    ann = make_annotations(root / "ann", n_clips=200, fractions=(0.4, 0.2, 0.4))  # 80 / 40 / 80 clips
-    cache = make_cache(root / "cache", ann, AUDIO + VISUAL + ["t0:visual-3d:16:0.5"])
-    return {"root": root, "ann": ann, "ann_dir": str(root / "ann"), "cache": cache}
+    return make_quality_world(tmp_path_factory.mktemp("select"), extra=["t0:visual-3d:16:0.5"])
 
 
 def _select_args(world: dict, out: Path, audio: str = "a0,a1,a2", visual: str = "v0,v1,v2") -> list[str]:

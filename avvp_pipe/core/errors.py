@@ -13,6 +13,7 @@ EXIT_PARTIAL = 1  # the run finished, but some clips or pairings failed (see the
 EXIT_USAGE = 2  # click's own code for a bad option
 EXIT_INPUT = 3  # a file, clip, store or annotation is not what was expected
 EXIT_WEIGHTS = 4  # pretrained weights or an optional package are missing
+EXIT_IO = 5  # the file system refused: disk full, permission denied, read-only, a path that is a file
 EXIT_INTERRUPTED = 130
 
 
@@ -44,3 +45,19 @@ class PartialFailure(AvvpError):
     """Work finished, but some units failed; their reasons are in the summary."""
 
     exit_code = EXIT_PARTIAL
+
+
+class FileSystemError(AvvpError):
+    """Writing or reading failed in the file system itself (disk full, permissions); nothing
+    already written is lost, and a rerun resumes once the cause is fixed."""
+
+    exit_code = EXIT_IO
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an OSError: what the system said, and the file it said it of."""
+    what = err.strerror or str(err) or type(err).__name__
+    where = err.filename if err.filename is not None else None
+    if err.filename2 is not None:
+        where = f"{err.filename} -> {err.filename2}"
+    return f"{where}: {what}" if where else what

@@ -97,6 +97,25 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def load_torch(path: str | os.PathLike, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load`` of a file we wrote (checkpoints, best.pt): tensors and plain containers
+    only (weights_only), and any failure one error naming the file and what it should be."""
+    import pickle
+
+    import torch
+
+    from avvp_pipe.core.errors import AvvpError
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise AvvpError(f"{path}: expected {what} but the file is missing") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as err:
+        reason = " ".join(str(err).split()).split(". ")[0][:160] or type(err).__name__
+        raise AvvpError(f"{path}: expected {what} (tensors only) but cannot load it ({type(err).__name__}: "
+                        f"{reason}); nothing was run from it. Rerun with --overwrite to start over") from None
+
+
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG atomically."""
     with atomic_path(path) as tmp:

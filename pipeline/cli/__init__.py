@@ -13,7 +13,7 @@ import warnings
 import click
 
 from avvp_pipe.core.version import __version__
-from avvp_pipe.core.errors import EXIT_INTERRUPTED, AvvpError
+from avvp_pipe.core.errors import EXIT_INTERRUPTED, EXIT_IO, AvvpError, os_error_line
 
 
 class _Cli(click.Group):
@@ -25,6 +25,9 @@ class _Cli(click.Group):
         except AvvpError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:  # disk full, permissions, a path that is a file: the system's word, one line
+            click.echo(f"error: {os_error_line(err)} (finished work is kept; rerun once this is fixed)", err=True)
+            sys.exit(EXIT_IO)
         except KeyboardInterrupt:
             click.echo("interrupted: finished work is kept; rerun to resume", err=True)
             sys.exit(EXIT_INTERRUPTED)

@@ -55,7 +55,9 @@ def _red(text: str) -> str:
 @cache_group.command("verify")
 @click.argument("target", metavar="STORE_URL_OR_ROOT")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
-def verify_command(target: str, as_json: bool) -> None:
+@click.option("--upgrade", is_flag=True,
+              help="Also bring stores of an older layout up to this one (metadata only), so they open in xarray.")
+def verify_command(target: str, as_json: bool, upgrade: bool) -> None:
     """Read every done clip of a store (or of every store under a cache root); clips that
     are unreadable, non-finite or whose chunk is missing go back to pending, so the next
     `extract` (or `cache import-npy`) recomputes exactly those.
@@ -66,12 +68,13 @@ def verify_command(target: str, as_json: bool) -> None:
     Example:
       avvp-pipe cache verify avvp-cache/llp/resnet152/3f9c0a1b2c3d4e5f.zarr
       avvp-pipe cache verify avvp-cache
+      avvp-pipe cache verify --upgrade avvp-cache
     """
     from avvp_pipe.cache import raise_if_reset, verify_all
     from avvp_pipe.cache.report import format_verify
     from avvp_pipe.core.io import dumps
 
-    reports = verify_all(target)
+    reports = verify_all(target, upgrade=upgrade)
     click.echo(dumps(reports) if as_json else format_verify(reports))
     raise_if_reset(reports)
 

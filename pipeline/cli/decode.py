@@ -24,10 +24,7 @@ def decode(clip: Path, out: Path, timeout_s: float, modern_ffmpeg: bool) -> None
 
     decoded = decode_clip(clip, timeout_s=timeout_s or None, legacy_ffmpeg=not modern_ffmpeg)
     save_npz(decoded, out)
-    audio = "no audio" if decoded.audio_16k is None else f"audio {decoded.audio_16k.shape[0]}@16k"
-    notes = "; ".join(decoded.notes) or "none"
-    click.echo(f"{decoded.clip_id}: frames {tuple(decoded.frames.shape)} from {decoded.n_source_frames} "
-               f"at {decoded.source_fps:.3f} fps, {audio}, notes: {notes} -> {out}")
+    click.echo(f"{decoded.describe()} -> {out}")
 
 
 COMMANDS = [decode]

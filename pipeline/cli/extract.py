@@ -34,6 +34,9 @@ import click
               help="Offline weights folder (nothing is downloaded) [default: the torch hub cache].")
 @click.option("--random-init", is_flag=True,
               help="Untrained, seeded weights (tests and demos); the stores say RANDOM-INIT.")
+@click.option("--trust-weights", is_flag=True,
+              help="Use weights files whose sha256 differs from the published one (fine-tuned or re-saved); "
+                   "refused otherwise. Their own hash keys the features.")
 @click.option("--workers", type=click.IntRange(min=0),
               help="Run a local dask cluster of N single-threaded worker processes; 0: one per visible GPU "
                    "(else one CPU worker). Default: no cluster, all in this process.")
@@ -48,7 +51,7 @@ import click
 def extract(videos: Path, cache_root: str, dataset: str | None, names: str | None, annotations: Path | None,
             split: str | None, clips_file: Path | None, batch_size: int | None, decode_workers: int,
             queue_size: int, device: str, precision: str, dtype: str, weights_dir: Path | None, random_init: bool,
-            workers: int | None, scheduler: str | None, unit_clips: int, decode_timeout: float,
+            trust_weights: bool, workers: int | None, scheduler: str | None, unit_clips: int, decode_timeout: float,
             summary_path: Path | None, quiet: bool) -> None:  # fmt: skip
     """Decode each clip once (80 frames at 8 fps, 16/48 kHz audio) and write the features of
     every requested extractor into the cache, resuming where an earlier run stopped.
@@ -74,6 +77,7 @@ def extract(videos: Path, cache_root: str, dataset: str | None, names: str | Non
         extractors=tuple(chosen), batch_size=batch_size, decode_workers=decode_workers, queue=queue_size,
         device=device, precision=precision, weights_dir=str(weights_dir) if weights_dir else None,
         random_init=random_init, decode_timeout=decode_timeout or None, dtype=dtype, unit_clips=unit_clips,
+        trust_weights=trust_weights,
     )  # fmt: skip
     clips = find_clips(videos, dataset=dataset, annotations=annotations, split=split, clips_file=clips_file)
     summary = run_extract(videos, cache_root, clips, opts, workers=workers, scheduler=scheduler,

@@ -55,6 +55,9 @@ def list_command(weights_dir: Path | None, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(_table(rows))
+    click.echo("\nplus timm:<model_name>, any timm model (e.g. timm:convnext_tiny; "
+               "avvp-pipe extractors show timm:convnext_tiny); options as NAME[key=value,...], e.g. "
+               "clip_vit_l14[fps=1]")
     if weights_dir is None:
         from avvp_pipe.extractors.weights import hub_checkpoints_dir
 
@@ -64,7 +67,7 @@ def list_command(weights_dir: Path | None, as_json: bool) -> None:
 @extractors_group.command("show")
 @click.argument("name")
 def show_command(name: str) -> None:
-    """Print the full spec of extractor NAME as JSON.
+    """Print the full spec of extractor NAME as JSON (``timm:<model_name>`` is resolved from timm).
 
     Example: avvp-pipe extractors show resnet152
     """

@@ -73,7 +73,7 @@ class DecodedClip:
 
     clip_id: str  # 11-char YouTube id (first 11 chars of the file stem)
     path: str
-    frames: np.ndarray  # (80, H, W, 3) uint8 RGB at source resolution
+    frames: np.ndarray | None  # (80, H, W, 3) uint8 RGB at source resolution; None: no video stream
     frame_index: np.ndarray  # (80,) int64 source frame indices (presentation order)
     frame_time: np.ndarray  # (80,) float64 seconds from the file's start
     audio_16k: np.ndarray | None  # (160000,) float32 mono; None if not requested / no audio
@@ -83,6 +83,13 @@ class DecodedClip:
     duration: float  # seconds of the source video stream
     has_audio: bool
     notes: tuple[str, ...]  # defined-behaviour records ("video padded 9.50s->10s", ...)
+
+    def describe(self) -> str:
+        """One line: what was decoded and what had to be adjusted (the ``decode`` command prints it)."""
+        frames = "no video" if self.frames is None else (f"frames {tuple(self.frames.shape)} from "
+                                                         f"{self.n_source_frames} at {self.source_fps:.3f} fps")
+        audio = "no audio" if self.audio_16k is None else f"audio {self.audio_16k.shape[0]}@16k"
+        return f"{self.clip_id}: {frames}, {audio}, notes: {'; '.join(self.notes) or 'none'}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -236,13 +243,16 @@ def _open_av(path: str):
         raise ClipError(f"{path}: expected a readable video file but could not open it ({_one_line(err)})") from err
 
 
-def _read_timeline(path: str) -> _Timeline:
-    """Demux (no decoding) the video packets' timestamps, as ffmpeg's input side sees them."""
+def _read_timeline(path: str) -> _Timeline | None:
+    """Demux (no decoding) the video packets' timestamps, as ffmpeg's input side sees them;
+    None for a file without a video stream (audio only)."""
     import av
 
     with _open_av(path) as container:
         if not container.streams.video:
-            raise ClipError(f"{path}: expected a video stream but found none")
+            if not container.streams.audio:
+                raise ClipError(f"{path}: expected a video or an audio stream but found neither")
+            return None
         stream = container.streams.video[0]
         tb = Fraction(stream.time_base)
         start_us = container.start_time or 0
@@ -372,6 +382,8 @@ def _decode_local(path: str, n_frames: int, out_fps: float, seconds: float,
                   audio_rates: tuple[int, ...], legacy_ffmpeg: bool = True) -> DecodedClip:
     """Decode in this process (no time limit)."""
     tl = _read_timeline(path)
+    if tl is None:
+        return _decode_audio_only(path, seconds, audio_rates)
     indices, notes = _select(tl, path, n_frames, out_fps, seconds, legacy_ffmpeg)
     frames = _decode_frames(path, indices, len(tl.pts))
     frame_time = tl.pts[indices].astype(np.float64) * float(tl.time_base)  # (n_frames,)
@@ -389,6 +401,18 @@ def _decode_local(path: str, n_frames: int, out_fps: float, seconds: float,
         frame_time=frame_time, audio_16k=audio.get(16000), audio_48k=audio.get(48000),
         source_fps=float(tl.frame_rate), n_source_frames=len(tl.pts), duration=tl.duration,
         has_audio=tl.has_audio, notes=tuple(notes),
+    )
+
+
+def _decode_audio_only(path: str, seconds: float, audio_rates: tuple[int, ...]) -> DecodedClip:
+    """A file with audio and no video: the audio extractors get their input, the visual ones
+    fail for this clip with "no video stream" (as audio ones do for a clip without audio)."""
+    audio, source_seconds = _read_audio(path, seconds, audio_rates) if audio_rates else ({}, 0.0)
+    return DecodedClip(
+        clip_id=Path(path).stem[:11], path=path, frames=None, frame_index=np.zeros(0, np.int64),
+        frame_time=np.zeros(0, np.float64), audio_16k=audio.get(16000), audio_48k=audio.get(48000),
+        source_fps=0.0, n_source_frames=0, duration=source_seconds, has_audio=True,
+        notes=("no video stream",),
     )
 
 
@@ -585,7 +609,7 @@ def save_npz(clip: DecodedClip, out: str | os.PathLike) -> None:
     out = Path(out)
     empty = np.zeros(0, dtype=np.float32)
     arrays = {
-        "frames": clip.frames,
+        "frames": clip.frames if clip.frames is not None else np.zeros((0, 0, 0, 3), np.uint8),
         "frame_index": clip.frame_index,
         "frame_time": clip.frame_time,
         "audio_16k": clip.audio_16k if clip.audio_16k is not None else empty,

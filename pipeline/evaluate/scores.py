@@ -38,6 +38,13 @@ SHAPES: dict[str, tuple[int, ...]] = {
     "a_prob": (NUM_CLASSES,),
     "v_prob": (NUM_CLASSES,),
 }
+#: Largest value each array may hold. frame_prob, a_prob and v_prob are sigmoids, or
+#: attention-weighted means of them, so at most 1. HAN's global_prob sums its attentive
+#: pooling over seconds AND modalities (softmax over seconds per modality, times softmax
+#: over modalities per second), which bounds it by 2, not 1 (the release clamps it only
+#: inside its BCE); trained models reach ~1.01.
+UPPER = {"frame_prob": 1.0, "a_prob": 1.0, "v_prob": 1.0, "global_prob": 2.0}
+RANGE_TOLERANCE = 1e-5  # float32 rounding of sums of ~20 terms of magnitude <= 1
 _EXAMPLES = 5  # missing clips named in an error message
 
 
@@ -101,6 +108,11 @@ def _check_shapes(pred: Mapping[str, np.ndarray], source: str) -> int:
             )
         if not np.issubdtype(value.dtype, np.number) or not np.isfinite(value).all():
             raise AvvpError(f"{source}: '{key}' expected finite probabilities but got NaN, inf or non-numbers")
+        low, high = (float(value.min()), float(value.max())) if value.size else (0.0, 0.0)
+        top = UPPER[key]
+        if low < -RANGE_TOLERANCE or high > top + RANGE_TOLERANCE:  # logits would be thresholded silently
+            raise AvvpError(f"{source}: '{key}' expected probabilities in [0, {top:g}] but values range over "
+                            f"[{low:.3g}, {high:.3g}] (logits? apply a sigmoid first)")
     return n
 
 

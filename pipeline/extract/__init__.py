@@ -9,10 +9,7 @@
 Names load on first use (PEP 562): the CLI imports this package without numpy or torch.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from avvp_pipe.core.lazy import lazy_exports
 
 _EXPORTS = {
     "ExtractOptions": "plan", "ClipSet": "plan", "ClipTask": "plan", "DEFAULT_BATCH": "plan",
@@ -20,10 +17,4 @@ _EXPORTS = {
     "plan_tasks": "plan", "Engine": "engine", "audio_rates": "engine", "auto_workers": "distributed",
     "run_extract": "run", "format_summary": "summary", "raise_if_failed": "summary",
 }
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

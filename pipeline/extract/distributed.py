@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from avvp_pipe.core.errors import AvvpError
 from avvp_pipe.pipeline.extract.engine import Engine, failure_reason
-from avvp_pipe.pipeline.extract.plan import ClipTask, ExtractOptions, ExtractUsageError, RunResult, store_config
+from avvp_pipe.pipeline.extract.plan import (ClipTask, ExtractOptions, ExtractUsageError, RunResult, create_extractor,
+                                             store_config)
 
 if TYPE_CHECKING:  # torch stays out of `avvp-pipe --help`
     from avvp_pipe.cache.store import FeatureStore
@@ -41,7 +42,7 @@ _WORKER_MODELS: dict[tuple, Extractor] = {}
 _WORKER_LOCK = threading.Lock()
 
 
-def _worker_device(device: str) -> str:
+def worker_device(device: str) -> str:
     """'cuda' on a LocalCluster worker named i uses GPU i (modulo the count); anything else as given."""
     if device != "cuda":
         return device
@@ -59,16 +60,13 @@ def _worker_device(device: str) -> str:
 
 def _worker_extractors(opts: ExtractOptions, names: Iterable[str]) -> dict[str, Extractor]:
     """Models of this worker process, each built on its first unit and kept."""
-    from avvp_pipe.extractors import create
-
-    device = _worker_device(opts.device)
+    device = worker_device(opts.device)
     out = {}
     with _WORKER_LOCK:
         for name in names:
-            key = (name, device, opts.weights_dir, opts.random_init)
+            key = (name, device, opts.weights_dir, opts.random_init, opts.trust_weights)
             if key not in _WORKER_MODELS:
-                _WORKER_MODELS[key] = create(name, device=device, weights_dir=opts.weights_dir,
-                                             random_init=opts.random_init)
+                _WORKER_MODELS[key] = create_extractor(name, opts, device)
             out[name] = _WORKER_MODELS[key]
     return out
 

@@ -85,7 +85,8 @@ def decode_and_prepare(task: ClipTask, extractors: Mapping[str, Extractor], opts
     except Exception as err:  # noqa: BLE001 - ClipError and decoder surprises alike fail this clip only
         out.errors = {name: failure_reason(err) for name in task.names}
         return out
-    out.decoded, out.notes, out.frames = True, tuple(clip.notes), int(clip.frames.shape[0])
+    out.decoded, out.notes = True, tuple(clip.notes)
+    out.frames = 0 if clip.frames is None else int(clip.frames.shape[0])  # audio-only files have none
     for name in task.names:
         try:
             out.items[name] = extractors[name].prepare(clip)  # (n_items, *item_shape) float32 CPU

@@ -54,6 +54,7 @@ class ExtractOptions:
     decode_timeout: float | None = 60.0  # seconds per clip; None decodes in-process, no limit
     dtype: str = "float32"  # storage dtype of the stores
     unit_clips: int = 8  # clips per dask work unit
+    trust_weights: bool = False  # use weights files whose sha256 differs from the published one
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -157,17 +158,31 @@ def find_clips(videos: str | os.PathLike, *, dataset: str | None = None, annotat
 
 
 def resolve_names(names: Iterable[str] | None) -> list[str]:
-    """Requested extractor names (all registered ones when None), checked against the registry."""
+    """Requested extractors (all registered ones when None), checked against the registry.
+
+    A request is a name or ``name[key=value,...]`` (``clip_vit_l14[fps=1]``,
+    ``timm:convnext_tiny``); pieces a plain ``split(",")`` cut inside brackets are rejoined.
+    Options are checked here, so a bad one fails before any model is built.
+    """
     import avvp_pipe.extractors  # noqa: F401  (registers the families)
-    from avvp_pipe.extractors.registry import REGISTRY
+    from avvp_pipe.extractors.base import resolve_options
+    from avvp_pipe.extractors.registry import REGISTRY, get_spec, parse_request, split_requests
 
     if names is None:
         return sorted(REGISTRY)
-    out = list(dict.fromkeys(n.strip() for n in names if n.strip()))
-    unknown = [n for n in out if n not in REGISTRY]
+    out = list(dict.fromkeys(split_requests(",".join(names))))
+    unknown = []
+    for request in out:
+        name, options = parse_request(request)
+        try:
+            spec = get_spec(name)
+        except AvvpError:
+            unknown.append(name)
+            continue
+        resolve_options(spec, options)
     if unknown:
         raise ExtractUsageError(f"--extractors: unknown extractor(s) {', '.join(unknown)}; "
-                                f"expected names from: {', '.join(sorted(REGISTRY))}")
+                                f"expected names from: {', '.join(sorted(REGISTRY))} or timm:<model_name>")
     if not out:
         raise ExtractUsageError("--extractors: expected at least one extractor name")
     return out
@@ -182,7 +197,8 @@ def check_weights(names: Sequence[str], weights_dir: str | None, random_init: bo
     from avvp_pipe.extractors import registry, weights
 
     problems: list[str] = []
-    for name in names:
+    for request in names:
+        name = registry.parse_request(request)[0]
         spec = registry.get_spec(name)
         avail = registry.availability(name, weights_dir)
         if avail["missing_packages"]:
@@ -205,6 +221,10 @@ def _missing_weights_text(spec: Any, weights_dir: str | None, weights: Any) -> s
         _, path = weights.locate(spec.weights, weights_dir)
         return (f"OpenL3 weights {path} are missing (extractor {spec.name!r}); "
                 f"{openl3.how_to_get(net, opts['input_repr'], opts['content_type'])}")
+    if spec.weights.get("source") == "hf_hub":  # timm / transformers files: the HF cache or --weights-dir
+        from avvp_pipe.extractors import hub
+
+        return hub.missing_message(spec.name, spec.weights, weights_dir)
     try:
         weights.fetch(spec.name, spec.weights, weights_dir)
     except WeightsError as err:
@@ -214,11 +234,19 @@ def _missing_weights_text(spec: Any, weights_dir: str | None, weights: Any) -> s
 
 def build_extractors(names: Sequence[str], opts: ExtractOptions, device: str | None = None) -> dict[str, Extractor]:
     """Each requested model, built once (pretrained unless ``opts.random_init``)."""
-    from avvp_pipe.extractors import create
+    return {name: create_extractor(name, opts, device or opts.device) for name in names}
 
-    dev = device or opts.device
-    return {name: create(name, device=dev, weights_dir=opts.weights_dir, random_init=opts.random_init)
-            for name in names}
+
+def create_extractor(name: str, opts: ExtractOptions, device: str) -> Extractor:
+    """One model as ``opts`` asks: weights from ``weights_dir`` (or the hub cache), random
+    init only when asked, and files that differ from their published hash only with
+    ``trust_weights``."""
+    from avvp_pipe.extractors import create, weights
+    from avvp_pipe.extractors.registry import parse_request
+
+    base, options = parse_request(name)  # "clip_vit_l14[fps=1]" -> ("clip_vit_l14", {"fps": 1})
+    with weights.trust_weights(opts.trust_weights):
+        return create(base, device=device, weights_dir=opts.weights_dir, random_init=opts.random_init, **options)
 
 
 def store_config(extractor: Extractor, precision: str) -> dict[str, Any]:

@@ -185,7 +185,7 @@ class Annotations:
     def _av_clips(self, split: str) -> np.ndarray:
         """Clips with at least one second marked in both modalities for the same class."""
         both = self.dense(split, "audio") & self.dense(split, "visual")  # (N, 25, 10)
-        return both.reshape(len(both), -1).any(1)
+        return both.reshape(len(both), NUM_CLASSES * SECONDS).any(1)  # explicit: an empty split reshapes too
 
 
 def _check_split(split: str) -> None:
@@ -237,7 +237,14 @@ def _open_rows(path: Path, header: tuple[str, ...]) -> Iterable[tuple[int, list[
     """Yield (line number, fields) after checking the header; errors name file and line."""
     if not path.is_file():
         raise AnnotationError(f"{path}: file not found (expected an official LLP annotation file)")
-    with open(path, newline="", encoding="utf-8") as handle:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise AnnotationError(f"{path}:{line}: expected UTF-8 text (an official LLP annotation file) but byte "
+                              f"{err.start} is 0x{raw[err.start]:02x}, which is not UTF-8") from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle, delimiter="\t")
         first = next(reader, None)
         if first is None or tuple(f.strip() for f in first) != header:

@@ -468,7 +468,7 @@ def load_truth(root: str, dataset: str, seed: int | None = None) -> tuple[list[s
     url = truth_path(root, dataset)
     try:
         with fsspec.open(url, "rb") as handle:
-            data = np.load(io.BytesIO(handle.read()))
+            data = np.load(io.BytesIO(handle.read()), allow_pickle=False)
     except FileNotFoundError:
         raise AvvpError(f"{url}: no simulated truth here; run `avvp-pipe synth-features` first") from None
     if seed is not None and int(data["seed"]) != seed:

@@ -9,10 +9,7 @@ The names below load on first use (PEP 562), so ``import avvp_pipe.pipeline.trai
 (the CLI's option choices) does not import torch.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from avvp_pipe.core.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "config", "metric_names": "config",
@@ -20,10 +17,4 @@ _EXPORTS = {
     "PairingData": "pairing", "load_pairing": "pairing",
     "load_run": "run", "summary": "run", "train_pairing": "run", "train_run": "run",
 }
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

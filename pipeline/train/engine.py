@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avvp_pipe.core.errors import AvvpError
-from avvp_pipe.core.io import atomic_torch_save
+from avvp_pipe.core.io import atomic_torch_save, load_torch
 from avvp_pipe.core.progress import Progress
 from avvp_pipe.models import grouped
 from avvp_pipe.models.han import HAN, HANConfig
@@ -456,7 +456,15 @@ def save_checkpoint(state: GroupState, path: Path, extra: Mapping[str, Any]) -> 
 
 def load_checkpoint(state: GroupState, path: Path, config: TrainConfig) -> None:
     """Restore what :func:`save_checkpoint` wrote (plain tensors and containers only)."""
-    ckpt = torch.load(path, map_location=config.device, weights_only=True)
+    ckpt = load_torch(path, "a training checkpoint", map_location=config.device)
+    try:
+        _restore(state, ckpt)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise AvvpError(f"{path}: expected a checkpoint of this run but it does not fit ({type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:160]}); rerun with --overwrite to start over") from None
+
+
+def _restore(state: GroupState, ckpt: Mapping) -> None:
     state.backend.load_state_dict(ckpt)
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])

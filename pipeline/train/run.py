@@ -12,7 +12,6 @@ decides what a folder holds and writes it:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -20,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from avvp_pipe.core.errors import AvvpError
 from avvp_pipe.core.fmt import human_seconds
-from avvp_pipe.core.io import atomic_torch_save, atomic_write_json, read_json, save_figure
+from avvp_pipe.core.io import atomic_torch_save, atomic_write_json, load_torch, read_json, save_figure
 from avvp_pipe.models.han import HAN, HANConfig
 from avvp_pipe.pipeline.evaluate.scores import format_table, load_predictions, save_predictions
 from avvp_pipe.pipeline.llp.annotations import CLASSES, Annotations
@@ -83,11 +81,10 @@ def prepare_out_dir(out_dir: Path, identity: Mapping, *, resume: bool, overwrite
         for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
         return "fresh"
-    try:
-        old = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise AvvpError(f"{config_path}: expected a train config.json but it is not JSON ({err}); "
-                        f"pass --overwrite to start over") from None
+    old = _read_config(config_path)
+    if not isinstance(old.get("train"), Mapping) or not isinstance(old.get("stores"), Mapping):
+        raise AvvpError(f"{config_path}: expected a train config.json with 'train' and 'stores' but it has "
+                        f"{', '.join(map(str, old)) or 'nothing'}; pass --overwrite to start over")
     key = _first_difference(_comparable(old), _comparable(identity))
     if key is not None:
         old_v = _dig(old, key)
@@ -280,17 +277,33 @@ def load_run(run_dir: str | Path) -> tuple[HAN, nn.Linear | None, dict]:
     for name in ("config.json", "best.pt"):
         if not (run / name).is_file():
             raise AvvpError(f"{run}: expected a train run dir with {name} but it is missing")
-    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
-    model = HAN(HANConfig(**best["han"]))
-    model.load_state_dict(best["model"])
-    head = None
-    if best["head"] is not None:
-        d = model.config.d_model
-        head = nn.Linear(d, d)
-        head.load_state_dict(best["head"])
-        head.eval()
+    config = _read_config(run / "config.json")
+    best = load_torch(run / "best.pt", "the best epoch's weights of a train run")
+    try:
+        model = HAN(HANConfig(**best["han"]))
+        model.load_state_dict(best["model"])
+        head = None
+        if best["head"] is not None:
+            d = model.config.d_model
+            head = nn.Linear(d, d)
+            head.load_state_dict(best["head"])
+            head.eval()
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise AvvpError(f"{run / 'best.pt'}: expected the weights of a train run but they do not fit HAN "
+                        f"({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
     return model.eval(), head, config
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise AvvpError(f"{path}: expected a train config.json but it is not JSON ({err}); "
+                        f"pass --overwrite to start over") from None
+    if not isinstance(config, dict):
+        raise AvvpError(f"{path}: expected a train config.json (an object) but got {type(config).__name__}; "
+                        f"pass --overwrite to start over")
+    return config
 
 
 def summary(result: TrainResult) -> str:
