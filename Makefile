@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m avvp_pipe.pipeline.cli.demo --out $(DEMO_DIR)
+	$(BIN)/python -m avvp_pipe.pipeline.demo --out $(DEMO_DIR)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py

@@ -85,7 +85,8 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {}
-    for name in ("torch", "torchvision", "timm", "pretrainedmodels", "torchvggish", "numpy", "zarr", "decord", "librosa"):
+    for name in ("torch", "torchvision", "timm", "pretrainedmodels", "torchvggish", "numpy", "zarr", "decord",
+                 "torchcodec", "librosa"):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:

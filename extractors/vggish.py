@@ -4,6 +4,12 @@ Ten 1-s pieces of 16 kHz mono audio -> ten 96x64 log-mel examples -> the 128-d o
 the last fc after its ReLU (10 x 128), without the PCA/quantisation postprocessing, as the
 official features. ``pca=True`` adds torchvggish's PCA + 8-bit quantisation (the AudioSet
 release format; values 0..255 as float32) in ``finalize``.
+
+``audio_path`` says how decode makes the 16 kHz input: "moviepy" (default) replays the
+official wavs (moviepy 1.0.3's nearest-sample resampling of 44.1 kHz stereo, no anti-alias
+filter; avvp_pipe.pipeline.decode.audio), "soxr" resamples with a proper low-pass filter.
+They differ most in the upper mel bands (aliasing folds 8-22 kHz content down). "soxr" is
+left out of config(), so stores made before the option existed (all soxr) keep their keys.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from avvp_pipe.core.errors import AvvpError
 from avvp_pipe.extractors import preprocess, weights
 from avvp_pipe.extractors.base import Extractor
 from avvp_pipe.extractors.registry import ExtractorSpec, register
+from avvp_pipe.pipeline.decode.audio import AUDIO_PATHS
 
 _RELEASE = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
 
@@ -58,7 +66,7 @@ SPEC = ExtractorSpec(
     output_layer="embeddings.5: 128-d last fc after ReLU (no PCA unless pca=True)",
     requires=("torchvggish", "resampy", "soundfile"),
     licence="Apache-2.0 (VGGish model and weights, Google; torchvggish port)",
-    options={"pca": False},
+    options={"pca": False, "audio_path": "moviepy"},
     description="AudioSet VGGish, 1-s log-mel examples; the official LLP audio features.",
 )
 
@@ -72,6 +80,13 @@ class VggishExtractor(Extractor):
                  **kwargs: Any) -> None:
         super().__init__(spec, model, **kwargs)
         self._pca = pca_params  # {"matrix": (128, 128), "means": (128, 1)} float64, or None
+
+    def config(self) -> dict[str, Any]:
+        """Extractor.config(); audio_path only when it is not soxr (module docstring says why)."""
+        cfg = super().config()
+        if cfg["options"].get("audio_path") == "soxr":
+            del cfg["options"]["audio_path"]
+        return cfg
 
     def prepare(self, clip: Any) -> torch.Tensor:
         inp = self.spec.input
@@ -110,14 +125,18 @@ def _load_pca(weights_dir: Path | None) -> tuple[dict, str]:
 
 
 def build(spec: ExtractorSpec, *, device: torch.device, weights_dir: Path | None, random_init: bool,
-          pca: bool = False) -> VggishExtractor:
+          pca: bool = False, audio_path: str = "moviepy") -> VggishExtractor:
     """The VGGish extractor; ``pca`` needs the PCA params file even with random weights."""
+    if audio_path not in AUDIO_PATHS:
+        raise AvvpError(f"Option 'audio_path' of extractor 'vggish': expected one of {', '.join(AUDIO_PATHS)} "
+                        f"but got {audio_path!r}")
     model, identity = weights.build_model(spec, _architecture, weights_dir=weights_dir, random_init=random_init)
     pca_params = None
     if pca:
         pca_params, pca_identity = _load_pca(weights_dir)
         identity = f"{identity}+pca:{pca_identity}"
-    return VggishExtractor(spec, model, device=device, options={"pca": pca}, random_init=random_init,
+    return VggishExtractor(spec, model, device=device, options={"pca": pca, "audio_path": audio_path},
+                           random_init=random_init,
                            weights_identity=identity, pca_params=pca_params)
 
 

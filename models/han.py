@@ -18,6 +18,20 @@ Data flow (B clips, T = 10 seconds, K = 25 classes, d = 512):
 Preprocessing (feature extraction, normalisation, the per-second mean of stored frames) is
 not done here: the model takes features as stored, so the same code runs on the released
 features and on ours.
+
+Why there is no "official module order" option (issue 14, point 4), so ``--seed 1`` does
+not claim the release's initial weights: those depend on the order in which
+``MMIL_Net.__init__`` builds every module, the three unused encoders included, and on
+each one's exact constructor (layer type, FFN width, norms), since every Linear and
+attention draws from the global RNG. What is known here is the released state dict's key
+prefixes (:data:`UNUSED_OFFICIAL_PREFIXES`) and sizes (llp-facts.md section 3: 9,307,723
+parameters, 4,569,675 used, so 4,738,048 unused: consistent with two 512-wide 1-head
+TransformerEncoderLayers with FFN 512 at 1,577,984 each, a third such layer in cmt_encoder
+with two LayerNorms, and hat_encoder's two norms, but not proven by it). The release's
+code is not available here and its checkpoint holds trained, not initial, weights, so a
+test of the draw order could only compare this code with our own guess of it: it could
+not fail for the reason that matters. It needs nets/net_audiovisual.py (or initial
+weights saved by it under torch.manual_seed(1)) as a reference.
 """
 
 from __future__ import annotations

@@ -35,62 +35,160 @@ the same phi in the cross-modal term and in simdetach, and Algorithm 1 computes 
 cross-modal term on z = g(h); comparing s with a target measured in the same space keeps
 the two on one scale. Because it is detached, the target trains neither g nor the
 projections: gradients reach a, v and g only through s (tested).
+
+Other readings (:class:`~avvp_pipe.models.mtsc_reading.MTSCReading`, options of ``train``
+and ``select``; formulas in README's MTSC section). All work on groups of N seconds: each
+clip (N = T, negatives "clip", today's) or the whole batch (N = B * T, "batch", with lag
+:data:`CROSS_CLIP_LAG` between clips):
+
+    pull "linear"        same-second terms 1 - s_ii instead of (s_ii - 1) ** 2
+    error "absolute"     |s_ij - target_ij| off the diagonal instead of the square
+    simdetach            S from g's outputs ("head"), from a, v ("projected"), or from the
+                         stored features before HAN's projections ("raw", :func:`raw_features`)
+    form "infonce"       Eq. 5: mean over i of logsumexp_k(l_ik) - l_ii with l_ii = s_ii / tau
+                         and l_ik = W_ik * s_ik / tau for k != i
+
+The default reading runs the same operations in the same order as before the readings
+existed, so its losses are bit-identical (tests/test_mtsc_readings.py).
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.models.han import per_second_mean
+from avvp_pipe.models.mtsc_reading import ANCHORS, VARIANTS, MTSCReading
 
-Variant = Literal["part", "entire"]
-Anchor = Literal["audio", "visual", "both"]
+__all__ = ["ANCHORS", "VARIANTS", "CROSS_CLIP_LAG", "MTSCReading", "mtsc_loss", "mtsc_target", "time_lag",
+           "lag_matrix", "raw_features", "cosine_matrix"]
 
-VARIANTS: tuple[str, ...] = ("part", "entire")
-ANCHORS: tuple[str, ...] = ("audio", "visual", "both")
+#: T between seconds of two different clips (negatives "batch"). A lag is only defined within
+#: a clip; SimCLR, which Algorithm 1 follows, treats every other sample of the batch as a full
+#: negative, so such pairs weigh as much as adjacent seconds (T = 1) rather than vanish (T = 0).
+CROSS_CLIP_LAG = 1.0
 
 # Cosine of a zero vector is taken as 0 rather than NaN.
 _EPS = 1e-8
 
 
-def mtsc_loss(
-    a: Tensor,
-    v: Tensor,
-    head: nn.Module,
-    *,
-    variant: Variant = "entire",
-    decay: float = 5.0,
-    anchor: Anchor = "audio",
-) -> Tensor:
-    """MTSC loss of a batch (a scalar): a, v (B, T, C) features before HAN, head g applied to both."""
-    _check_args(a, v, head, variant, decay, anchor)
+def mtsc_loss(a: Tensor, v: Tensor, head: nn.Module, reading: MTSCReading | None = None, *,
+              raw: tuple[Tensor, Tensor] | None = None, **options: object) -> Tensor:
+    """MTSC loss of a batch (a scalar): a, v (B, T, C) features before HAN, head g applied to both.
+
+    ``reading`` picks the reading (or pass its fields as keywords: variant, decay, anchor,
+    form, temperature, pull, error, simdetach, negatives); the default is today's reading.
+    ``raw`` is (audio (B, T, Da), visual (B, T, Dv)) from :func:`raw_features`, needed by
+    ``simdetach="raw"`` only.
+    """
+    reading = _reading(reading, options)
+    _check_args(a, v, head, raw, reading)
     za = head(a)  # (B, T, D)
     zv = head(v)  # (B, T, D)
-    s = cosine_matrix(za, zv)  # (B, T, T): s[b, i, j] = cos(g(a_i), g(v_j))
-    if variant == "part":
-        return ((s.diagonal(dim1=1, dim2=2) - 1.0) ** 2).mean()  # mean over B and i
-    target = mtsc_target(za.detach(), zv.detach(), decay=decay, anchor=anchor)  # (B, T, T)
-    return ((s - target) ** 2).mean()  # mean over i, j, then B (equal sizes)
+    batch, seconds = a.shape[:2]
+    lag = lag_matrix(batch, seconds, reading.decay, reading.negatives, dtype=za.dtype, device=za.device)  # (N, N)
+    za, zv = _groups(za, reading.negatives), _groups(zv, reading.negatives)  # (G, N, D): G clips or 1 batch
+    s = cosine_matrix(za, zv)  # (G, N, N): s[g, i, j] = cos(g(a_i), g(v_j))
+    if reading.form == "infonce":
+        return _infonce(s, lag, reading.temperature)
+    if reading.variant == "part":
+        return _pull(s.diagonal(dim1=1, dim2=2), reading.pull).mean()  # mean over G and i
+    xa, xv = _simdetach_inputs(a, v, za, zv, raw, reading)  # (G, N, C') each, no gradient
+    target = mtsc_target(xa, xv, lag, anchor=reading.anchor)  # (G, N, N)
+    residual = s - target  # (G, N, N)
+    if reading.pull == "squared" and reading.error == "squared":
+        return (residual ** 2).mean()  # mean over i, j, then G (equal sizes)
+    eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)  # (N, N)
+    on = _pull(s, reading.pull)  # (G, N, N), read on the diagonal, where the target is 1
+    off = residual ** 2 if reading.error == "squared" else residual.abs()  # (G, N, N)
+    return torch.where(eye, on, off).mean()
 
 
-def mtsc_target(za: Tensor, zv: Tensor, *, decay: float = 5.0, anchor: Anchor = "audio") -> Tensor:
-    """Target matrix (B, T, T): 1 on the diagonal, time-lag times the anchor's own similarity off it.
+def _reading(reading: MTSCReading | None, options: dict[str, object]) -> MTSCReading:
+    """The reading passed, or one built from keyword fields (not both: which would win is unclear)."""
+    if reading is not None and options:
+        raise AvvpError(f"mtsc_loss: expected a reading or its fields as keywords but got both ({', '.join(options)})")
+    if reading is not None:
+        return reading
+    try:
+        return MTSCReading(**options)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise AvvpError(f"mtsc_loss: {err}") from None
 
-    Callers pass detached head outputs; the target must carry no gradient.
+
+def _pull(s_same: Tensor, pull: str) -> Tensor:
+    """Same-second terms from s_ii: (s_ii - 1)^2, or the linear pull 1 - s_ii (>= 0, as s_ii <= 1)."""
+    return (s_same - 1.0) ** 2 if pull == "squared" else 1.0 - s_same
+
+
+def _infonce(s: Tensor, lag: Tensor, temperature: float) -> Tensor:
+    """Eq. 5 as InfoNCE, audio second i against visual seconds k: the positive k = i unweighted,
+    each negative's similarity scaled by T_ik inside the exponential; the positive stays in the
+    denominator as in SimCLR's NT-Xent (its 1[k != i] only drops a sample's pair with itself)."""
+    eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)  # (N, N)
+    logits = torch.where(eye, s, lag * s) / temperature  # (G, N, N)
+    return (torch.logsumexp(logits, dim=-1) - logits.diagonal(dim1=1, dim2=2)).mean()  # mean over G and i
+
+
+def _groups(x: Tensor, negatives: str) -> Tensor:
+    """(B, T, C) -> (G, N, C): each clip a group (G = B, N = T), or the batch one group (G = 1, N = B * T)."""
+    return x if negatives == "clip" else x.reshape(1, -1, x.shape[-1])
+
+
+def _simdetach_inputs(a: Tensor, v: Tensor, za: Tensor, zv: Tensor, raw: tuple[Tensor, Tensor] | None,
+                      reading: MTSCReading) -> tuple[Tensor, Tensor]:
+    """Detached features whose within-modality cosine is simdetach: g's outputs (already grouped),
+    the projections a, v before g, or the stored features."""
+    if reading.simdetach == "head":
+        return za.detach(), zv.detach()  # (G, N, D)
+    xa, xv = (a, v) if reading.simdetach == "projected" else raw  # type: ignore[misc]
+    return _groups(xa.detach(), reading.negatives), _groups(xv.detach(), reading.negatives)  # (G, N, C')
+
+
+def mtsc_target(xa: Tensor, xv: Tensor, lag: Tensor, *, anchor: str = "audio") -> Tensor:
+    """Target matrix (G, N, N): 1 on the diagonal, time lag times the anchor's own similarity off it.
+
+    Callers pass detached features (G, N, C) and the lag matrix (N, N); the target must carry
+    no gradient.
     """
     within = {
-        "audio": lambda: cosine_matrix(za, za),  # (B, T, T)
-        "visual": lambda: cosine_matrix(zv, zv),  # (B, T, T)
-        "both": lambda: 0.5 * (cosine_matrix(za, za) + cosine_matrix(zv, zv)),  # (B, T, T)
+        "audio": lambda: cosine_matrix(xa, xa),  # (G, N, N)
+        "visual": lambda: cosine_matrix(xv, xv),  # (G, N, N)
+        "both": lambda: 0.5 * (cosine_matrix(xa, xa) + cosine_matrix(xv, xv)),  # (G, N, N)
     }[anchor]()
-    seconds = za.shape[1]
-    eye = torch.eye(seconds, dtype=within.dtype, device=within.device)  # (T, T)
-    lag = time_lag(seconds, decay, dtype=within.dtype, device=within.device)  # (T, T)
-    return eye + (1.0 - eye) * lag * within  # (B, T, T)
+    eye = torch.eye(xa.shape[1], dtype=within.dtype, device=within.device)  # (N, N)
+    return eye + (1.0 - eye) * lag * within  # (G, N, N)
+
+
+def lag_matrix(batch: int, seconds: int, decay: float, negatives: str = "clip", *,
+               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """T over the seconds contrasted: (T, T) :func:`time_lag` per clip, or (B*T, B*T) for the batch
+    (row b * T + i), with :data:`CROSS_CLIP_LAG` between seconds of different clips."""
+    lag = time_lag(seconds, decay, dtype=dtype, device=device)  # (T, T)
+    if negatives == "clip":
+        return lag
+    clip = torch.arange(batch * seconds, device=device) // seconds  # (B*T,) clip of each row
+    same = clip[:, None] == clip[None, :]  # (B*T, B*T)
+    return torch.where(same, lag.repeat(batch, batch), torch.full_like(same, CROSS_CLIP_LAG, dtype=dtype))
+
+
+def raw_features(audio: Tensor, visual: Tensor, visual_3d: Tensor | None = None,
+                 frames_per_second: int = 8) -> tuple[Tensor, Tensor]:
+    """The stored features, per second, that simdetach "raw" compares: audio (B, T, Da) and
+    visual (B, T, Dv + D3).
+
+    Why the 2D and 3D streams are concatenated: HAN's visual branch is linear in [2D; 3D]
+    (fc_fusion of fc_v and fc_st), so that concatenation is the visual second before HAN's
+    projections; each stream then weighs in the cosine by its norm. Zero-padded widths (a
+    group's stacked inputs) leave the cosine unchanged.
+    """
+    if visual.shape[1] != audio.shape[1]:
+        visual = per_second_mean(visual, frames_per_second)  # (B, T * fps, Dv) -> (B, T, Dv)
+    if visual_3d is not None:
+        visual = torch.cat([visual, visual_3d], dim=-1)  # (B, T, Dv + D3)
+    return audio, visual
 
 
 def time_lag(
@@ -116,14 +214,9 @@ def cosine_matrix(x: Tensor, y: Tensor) -> Tensor:
     return xn @ yn.transpose(1, 2)  # (B, T, T)
 
 
-def _check_args(a: Tensor, v: Tensor, head: nn.Module, variant: str, decay: float, anchor: str) -> None:
-    """Raise on option or shape mistakes (these reach the user through the training config)."""
-    if variant not in VARIANTS:
-        raise AvvpError(f"mtsc variant: expected one of {VARIANTS} but got {variant!r}")
-    if anchor not in ANCHORS:
-        raise AvvpError(f"mtsc anchor: expected one of {ANCHORS} but got {anchor!r}")
-    if not decay >= 0:
-        raise AvvpError(f"mtsc decay: expected a number >= 0 but got {decay!r}")
+def _check_args(a: Tensor, v: Tensor, head: nn.Module, raw: tuple[Tensor, Tensor] | None,
+                reading: MTSCReading) -> None:
+    """Raise on shape mistakes or a missing head or raw features (these reach the user through the config)."""
     if not isinstance(head, nn.Module):
         raise AvvpError(
             f"mtsc head: expected an nn.Module (HAN.mtsc_head; build HAN with keep_visual_head=True) "
@@ -134,3 +227,11 @@ def _check_args(a: Tensor, v: Tensor, head: nn.Module, variant: str, decay: floa
             f"mtsc features: expected audio and visual both (B, T, C) with equal shapes "
             f"but got {tuple(a.shape)} and {tuple(v.shape)}"
         )
+    if reading.simdetach != "raw" or reading.variant == "part" or reading.form == "infonce":
+        return
+    if raw is None or len(raw) != 2:
+        raise AvvpError("mtsc simdetach 'raw': expected raw=(audio, visual) stored features but got none")
+    shapes = [tuple(x.shape) for x in raw]
+    if any(len(sh) != 3 or sh[:2] != tuple(a.shape[:2]) for sh in shapes):
+        raise AvvpError(f"mtsc raw features: expected (B, T, D) with (B, T) = {tuple(a.shape[:2])} "
+                        f"but got {shapes[0]} and {shapes[1]}")

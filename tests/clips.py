@@ -19,6 +19,8 @@ from avvp_pipe.pipeline.decode.video_io import write_mp4
 N_BITS = 10
 TONE_HZ = 440.0
 TONE_AMPLITUDE = 0.5
+#: The right channel's tone of a stereo clip (folds to 16000 - 11000 = 5 kHz without a filter).
+ALIAS_HZ = 11000.0
 
 
 def _band_edges(width: int) -> np.ndarray:
@@ -58,8 +60,11 @@ def make_clip(
     audio: bool = True,
     sample_rate: int = 44100,
     seed: int = 0,
+    channels: int = 1,
 ) -> Path:
-    """Write an index-encoded clip of round(seconds * fps) frames (+ audio of ``seconds``)."""
+    """Write an index-encoded clip of round(seconds * fps) frames (+ audio of ``seconds``;
+    with ``channels=2`` the right channel is an 11 kHz tone: above 16 kHz audio's 8 kHz band
+    edge, so a nearest-sample resampler folds it to 5 kHz and a filtering one removes it)."""
     path = Path(path)
     rng = np.random.default_rng(seed)
     width, height = size
@@ -72,6 +77,9 @@ def make_clip(
         t = np.arange(int(round(seconds * sample_rate))) / sample_rate
         noise = 0.01 * rng.standard_normal(len(t))
         track = (TONE_AMPLITUDE * np.sin(2 * np.pi * TONE_HZ * t) + noise).astype(np.float32)
+        if channels == 2:
+            right = 0.3 * np.sin(2 * np.pi * ALIAS_HZ * t) + noise
+            track = np.stack([track, right.astype(np.float32)], axis=1)  # (n, 2)
     write_mp4(path, frames, fps, track, sample_rate)
     return path
 

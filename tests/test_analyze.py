@@ -260,16 +260,19 @@ def test_cli_help_has_examples():
 
 @pytest.fixture(scope="module")
 def runs(sim):
-    """Two 2-epoch runs of the good pairing: MTSC off, and MTSC entire (head g kept)."""
+    """2-epoch runs of the good pairing: MTSC off, MTSC entire (head g kept), and another reading."""
     from avvp_pipe.pipeline.train.run import TrainConfig, train_run
 
+    readings = {"off": {"mtsc": "off"}, "entire": {"mtsc": "entire"},
+                "infonce": {"mtsc": "entire", "mtsc_form": "infonce", "mtsc_temperature": 0.5,
+                            "mtsc_negatives": "batch"}}
     out = {}
-    for mtsc in ("off", "entire"):
-        out[mtsc] = sim["root"] / f"run_{mtsc}"
+    for name, options in readings.items():
+        out[name] = sim["root"] / f"run_{name}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             train_run(sim["cache"], "tiny", sim["root"] / "ann", "a_good", "v_good", None,
-                      TrainConfig(epochs=2, mtsc=mtsc), out[mtsc], allow_simulated=True, progress=False)
+                      TrainConfig(epochs=2, **options), out[name], allow_simulated=True, progress=False)
     return out
 
 
@@ -310,3 +313,43 @@ def test_cli_compare_runs_table_with_type_at_av(sim, runs, tmp_path):
         assert row["headline"]["recall_across"] is not None  # one 512-d space: across metrics exist
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert "metrics.png" in pngs and any(p.startswith("heatmap_") for p in pngs)
+
+
+def test_cli_compare_is_table_2_one_row_per_reading(sim, runs, tmp_path):
+    names = ("off", "entire", "infonce", "entire")  # a reading twice: the rows say which run
+    result = _invoke(["analyze", "compare", *(str(runs[n]) for n in names), "--allow-simulated", "--no-progress",
+                      "--device", "cpu", "--json", str(tmp_path / "t2.json")])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "MTSC reading" in line)
+    assert header.split() == ["MTSC", "reading", "recall", "distinguish", "precision", "Type@AV"]
+    data = json.loads((tmp_path / "t2.json").read_text())
+    labels = [r["reading"] for r in data["table2"]]
+    assert labels == ["raw", "entire [run_entire]", "entire (infonce, tau 0.5, batch negatives)",
+                      "entire [run_entire]"]
+    for t2, row, name in zip(data["table2"], data["rows"], names):
+        metrics = json.loads((runs[name] / "metrics.json").read_text())
+        assert t2["Type@AV"] == pytest.approx(metrics["eval"]["segment"]["type_at_av"] / 100)  # a fraction
+        assert t2["recall"] == row["headline"]["recall_across"] and t2["precision"] == row["headline"]["precision"]
+        assert t2["distinguish"] == row["headline"]["distinguish"]
+        assert f"{t2['Type@AV']:.4f}" in result.output
+
+
+@pytest.mark.parametrize("train, label", [
+    ({"mtsc": "off", "mtsc_decay": 2.0}, "raw"),
+    ({"mtsc": "part"}, "part"),
+    ({"mtsc": "entire", "mtsc_decay": 5.0, "mtsc_anchor": "audio"}, "entire"),  # a config from before the readings
+    ({"mtsc": "entire", "mtsc_pull": "linear", "mtsc_error": "absolute", "mtsc_simdetach": "raw",
+      "mtsc_weight": 0.5}, "entire (linear pull, absolute error, simdetach raw, weight 0.5)"),
+    ({"mtsc": "part", "mtsc_anchor": "both", "mtsc_decay": 3.0}, "part (anchor both, decay 3)"),
+])
+def test_reading_label(train, label):
+    assert lib.reading_label(train) == label
+
+
+def test_table2_note_when_type_at_av_splits_differ():
+    rows = [{"name": n, "source": {"reading": n, "run": n}, "headline": {"recall_across": 0.5, "distinguish": 0.6,
+             "precision": 0.25}, "type_at_av": 53.3, "type_at_av_split": split}
+            for n, split in (("raw", "test"), ("entire", "val"))]
+    table = lib.table2_rows(rows)
+    assert table[0]["Type@AV"] == pytest.approx(0.533)
+    assert "different eval splits: test, val" in lib.format_table2(table)

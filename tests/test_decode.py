@@ -175,18 +175,21 @@ def test_decoded_frames_are_the_claimed_ones(fx, kind, fps):
     assert clip.notes == () and clip.has_audio
 
 
-def test_audio_lengths_and_rates(fx):
-    clip = decode_clip(fx["normal"])
-    for audio, rate in ((clip.audio_16k, 16000), (clip.audio_48k, 48000)):
+@pytest.mark.parametrize("audio_path", ["moviepy", "soxr"])
+def test_audio_lengths_and_rates(fx, audio_path):
+    clip = decode_clip(fx["normal"], audio_path=audio_path)
+    # The official (moviepy) path asks ffmpeg for stereo: a mono source is up-mixed at -3 dB.
+    gain16 = 1 / np.sqrt(2) if audio_path == "moviepy" else 1.0
+    for audio, rate, gain in ((clip.audio_16k, 16000, gain16), (clip.audio_48k, 48000, 1.0)):
         assert audio.shape == (10 * rate,) and audio.dtype == np.float32
         spectrum = np.abs(np.fft.rfft(audio))
         peak_hz = np.argmax(spectrum) * rate / len(audio)
         assert peak_hz == pytest.approx(clips.TONE_HZ, abs=1.0)  # right rate, not just right length
-        assert np.sqrt(np.mean(audio**2)) == pytest.approx(clips.TONE_AMPLITUDE / np.sqrt(2), rel=0.05)
+        assert np.sqrt(np.mean(audio**2)) == pytest.approx(gain * clips.TONE_AMPLITUDE / np.sqrt(2), rel=0.05)
 
 
-def test_short_clip_is_padded(fx):
-    clip = decode_clip(fx["short"])  # 6 s at 30 fps: 180 frames
+def test_short_clip_is_padded_by_the_aligned_rule(fx):
+    clip = decode_clip(fx["short"], frame_rule="aligned")  # 6 s at 30 fps: 180 frames
     padded = [n for n in clip.notes if n.startswith("video padded 6.00s->10s")]
     assert padded and any(n.startswith("audio padded") for n in clip.notes)
     assert clip.frames.shape[0] == 80
@@ -196,16 +199,17 @@ def test_short_clip_is_padded(fx):
     assert np.all(tail == tail[-1]) and tail[-1] >= 176  # the last frame held
     assert [clips.read_index(f) for f in clip.frames] == clip.frame_index.tolist()
     assert np.all(clip.audio_16k[int(6.1 * 16000) :] == 0)  # zeros after the source audio
-    assert np.sqrt(np.mean(clip.audio_16k[: 5 * 16000] ** 2)) > 0.3
+    assert np.sqrt(np.mean(clip.audio_16k[: 5 * 16000] ** 2)) > 0.2  # 0.25: the official path's -3 dB up-mix
 
 
-def test_long_clip_is_trimmed(fx):
-    clip = decode_clip(fx["long"])  # 12 s at 30 fps
+def test_long_clip_is_trimmed_by_the_aligned_rule(fx):
+    clip = decode_clip(fx["long"], frame_rule="aligned")  # 12 s at 30 fps
     assert "video trimmed 12.00s->10s" in clip.notes
     assert any(n.startswith("audio trimmed 12.0") for n in clip.notes)
     assert clip.frame_index.max() < 300 and clip.frame_time.max() < 10.0
     # Trimming means "as if the clip were cut at 10 s": same frames as a true 10 s clip.
-    assert clip.frame_index.tolist() == official_frame_indices(300, 30.0).tolist()
+    assert clip.frame_index.tolist() == official_frame_indices(300, 30.0, frame_rule="aligned").tolist()
+    assert clip.frame_index.tolist() == official_frame_indices(360, 30.0, frame_rule="aligned").tolist()
     assert clip.audio_16k.shape == (160000,) and np.abs(clip.audio_16k[-1600:]).max() > 0.3
 
 
@@ -293,7 +297,7 @@ def test_cli_decode_writes_npz(fx, tmp_path):
     result = CliRunner().invoke(cli, ["decode", str(fx["short"]), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert len(result.output.strip().splitlines()) == 1
-    assert "(80, 48, 64, 3)" in result.output and "video padded" in result.output
+    assert "(80, 48, 64, 3)" in result.output and "official rule, some repeat" in result.output
     with np.load(out) as data:
         assert set(data.files) == NPZ_KEYS
         assert data["frames"].shape == (80, 48, 64, 3) and data["audio_48k"].shape == (480000,)

@@ -12,7 +12,7 @@ import click
 import pytest
 
 from avvp_pipe.pipeline.cli import cli
-from avvp_pipe.pipeline.cli.demo import stages
+from avvp_pipe.pipeline.demo import stages
 
 
 def _resolve(args: list[str]) -> tuple[click.Command, list[str]]:

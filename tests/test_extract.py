@@ -102,8 +102,11 @@ def test_fixture_store_contents_and_records(fixture_run):
     feats = store.read(ok)
     assert feats.shape == (4, 10, 128) and feats.dtype == np.float32 and np.isfinite(feats).all()
     assert store.kind == "random-init" and not store.is_real
-    assert any("video padded" in n for n in store.record("bbbbbbbbbbb")["notes"])
-    assert any("video trimmed" in n for n in store.record("ccccccccccc")["notes"])
+    assert any("official rule, some repeat" in n for n in store.record("bbbbbbbbbbb")["notes"])
+    assert any("audio padded" in n for n in store.record("bbbbbbbbbbb")["notes"])
+    assert any("audio trimmed" in n for n in store.record("ccccccccccc")["notes"])
+    decode = store.attrs["provenance"]["decode"]["audio_16k"]
+    assert decode["audio_path"] == "moviepy" and "moviepy" in decode["rule"]
     failures = store.failures()
     assert set(failures) == {"ddddddddddd", "fffffffffff", "ggggggggggg", "hhhhhhhhhhh", "iiiiiiiiiii", "zzzzzzzzzzz"}
     # the short clip's last 4 seconds are zero audio: its features differ from the normal clip's

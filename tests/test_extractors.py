@@ -347,8 +347,8 @@ def test_vggish_pca_option_matches_torchvggish_postprocessor(tmp_path, built):
     with weights.trust_weights():
         ex = registry.create("vggish", random_init=True, weights_dir=tmp_path, pca=True)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    assert ex.options == {"pca": True} and ex.weights_identity == f"random-init+pca:{sha}"
-    assert ex.config() != plain.config() and ex.config()["options"] == {"pca": True}
+    assert ex.options == {"pca": True, "audio_path": "moviepy"} and ex.weights_identity == f"random-init+pca:{sha}"
+    assert ex.config() != plain.config() and ex.config()["options"] == {"pca": True, "audio_path": "moviepy"}
 
     emb = plain.embed(plain.prepare(make_clip()))  # (10, 128)
     ref = Postprocessor.__new__(Postprocessor)  # its __init__ would download the params

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from avvp_pipe.models.han import HAN, HANConfig, load_official_han, per_second_mean
 from avvp_pipe.core.errors import AvvpError, WeightsError
+from tests.tolerance import float32_atol
 
 B, T, FPS, K = 2, 10, 8, 25
 # llp-facts.md section 3: present in the release, never used by forward.
@@ -159,7 +160,8 @@ def test_matches_the_released_forward_on_an_official_state_dict():
         ref = reference_mmil_net(sd, audio, visual, visual_3d)
     for name, got, want in zip(("global", "a", "v", "frame"), ours, ref):
         assert got.shape == want.shape, name
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=name)
+        # float32 sums of up to 2048 terms (fc_v) ahead of each sigmoid/softmax: tests/tolerance.py
+        torch.testing.assert_close(got, want, atol=float32_atol(want, 2048), rtol=0, msg=name)
     # The check has teeth: outputs vary across clips and classes, away from 0 and 1.
     assert ours[0].std() > 1e-3 and 0.01 < ours[3].mean() < 0.99
 
@@ -174,7 +176,7 @@ def test_loads_from_a_file_with_a_dataparallel_prefix(tmp_path):
         got = model(audio, visual, visual_3d)
         want = reference_mmil_net(sd, audio, visual, visual_3d)
     for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
+        torch.testing.assert_close(g, w, atol=float32_atol(w, 2048), rtol=0)
 
 
 def test_unused_official_keys_are_ignored_with_a_note(caplog):
@@ -283,8 +285,8 @@ def test_frames_and_per_second_means_agree(d3):
     with torch.no_grad():
         out_frames = model(audio, frames, visual_3d)
         out_means = model(audio, per_second_mean(frames), visual_3d)
-    for got, want in zip(out_means, out_frames):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for got, want in zip(out_means, out_frames):  # mean-then-project vs project-then-mean: 8 x 2048 sums
+        torch.testing.assert_close(got, want, atol=float32_atol(want, 8 * 2048), rtol=0)
 
 
 def test_per_second_mean_on_numpy_and_bad_counts():

@@ -447,3 +447,48 @@ def test_store_attrs_with_a_bad_clip_list_are_refused(world, tmp_path):
     meta_path.write_text(json.dumps(meta))
     result = run(*train_args(w, tmp_path / "run"))
     assert result.exit_code == EXIT_INPUT and "Traceback" not in result.output, result.output
+
+
+def _vfr_mp4(path: Path) -> None:
+    """2 s at 30 fps, then 3 s at 15 fps, then 5 s at 25 fps: one stream, explicit timestamps."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 600)
+        t = 0
+        for fps, seconds in ((30, 2), (15, 3), (25, 5)):
+            for _ in range(fps * seconds):
+                frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), t % 255, np.uint8), format="rgb24")
+                frame.pts, frame.time_base = t, Fraction(1, 600)
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+                t += 600 // fps
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_variable_frame_rate_clip_is_noted_in_its_record(tmp_path):
+    from avvp_pipe.pipeline.decode.clip import decode_clip
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _vfr_mp4(videos / "CCCCCCCCCCC.mp4")
+    clip = decode_clip(videos / "CCCCCCCCCCC.mp4", audio_rates=())
+    assert any(n.startswith("variable frame rate") for n in clip.notes), clip.notes
+    result = run("extract", "--videos", videos, "--cache", tmp_path / "c", "--extractors", "r2plus1d_18",
+                 "--random-init", "--quiet")
+    assert result.exit_code == 0, result.output
+    store = find_store(str(tmp_path / "c"), tmp_path.name, "r2plus1d_18")
+    assert "variable frame rate" in json.dumps(store.record("CCCCCCCCCCC"))
+
+
+def test_constant_frame_rate_clips_get_no_vfr_note(tmp_path):
+    from avvp_pipe.pipeline.decode.clip import decode_clip
+    from avvp_pipe.pipeline.synth.clips import synthesize
+
+    synthesize(tmp_path / "synth", 2, seed=3, workers=1, progress=False)
+    for path in (tmp_path / "synth" / "videos").glob("*.mp4"):
+        assert not any("variable" in n for n in decode_clip(path, audio_rates=()).notes)

@@ -30,6 +30,7 @@ LAYERS = {
     "avvp_pipe.selection": 5,  # trains through the train engine
     "avvp_pipe.pipeline.analyze": 5,
     "avvp_pipe.pipeline.cli": 6,
+    "avvp_pipe.pipeline.demo": 7,  # the tour: drives the CLI
     "avvp_pipe.pipeline": 7,  # the package itself imports nothing
     "avvp_pipe": 7,
 }

@@ -10,8 +10,10 @@ dense truth (val or test):
   same-time audio/visual seconds of another split (train by default).
 * **a trained run** (``analyze run``): the features entering HAN, i.e. the input
   projections' outputs, and for the visual stream g(v) when MTSC kept its head g.
-* **several runs** (``analyze compare``): one row each, with Type@AV from the run's
-  metrics.json, like the paper's Table 2 (the same pairing with --mtsc off/part/entire).
+* **several runs** (``analyze compare``): the paper's Table 2 layout, one row per run
+  labelled by its MTSC reading (:func:`reading_label`: raw, part, entire and any non-default
+  reading option), columns recall (top-1, audio->visual), distinguish, precision and
+  Type@AV from the run's metrics.json (:func:`table2_rows`).
 
 Metric definitions and which seconds are queries and candidates: models/similarity.py.
 Probes (``analyze probe``): models/probe.py.
@@ -22,13 +24,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from avvp_pipe.core.device import require_device
 from avvp_pipe.core.errors import AnnotationError, AvvpError, StoreError
 from avvp_pipe.core.io import save_figure
 from avvp_pipe.pipeline.llp.annotations import CLASSES, SECONDS, Annotations
@@ -36,6 +39,16 @@ from avvp_pipe.pipeline.llp.annotations import CLASSES, SECONDS, Annotations
 ALIGNS = ("none", "cca")
 #: Headline metrics shown in tables and bar charts, in the paper's order.
 TABLE_METRICS = ("recall_within", "recall_across", "distinguish", "precision")
+#: The seed paper's Table 2 columns, and the headline key each reads (Type@AV: metrics.json).
+TABLE2_COLUMNS = {"recall": "recall_across", "distinguish": "distinguish", "precision": "precision",
+                  "Type@AV": "type_at_av"}
+#: How a non-default reading option shows in a row label (TrainConfig field -> text of its value).
+_READING_TEXT: dict[str, Callable[[Any], str]] = {
+    "mtsc_form": str, "mtsc_temperature": lambda v: f"tau {v:g}", "mtsc_pull": lambda v: f"{v} pull",
+    "mtsc_error": lambda v: f"{v} error", "mtsc_simdetach": lambda v: f"simdetach {v}",
+    "mtsc_negatives": lambda v: f"{v} negatives", "mtsc_anchor": lambda v: f"anchor {v}",
+    "mtsc_decay": lambda v: f"decay {v:g}", "mtsc_weight": lambda v: f"weight {v:g}",
+}
 
 
 # ---------------------------------------------------------------------- seconds of a split
@@ -211,11 +224,10 @@ def run_features(run_dir: str, seconds: SplitSeconds, *, device: str | None = No
     """The features entering HAN of a trained run: fc_a(audio) and fc_v/fusion(visual), then g if kept."""
     import torch
 
-    from avvp_pipe.models.similarity import resolve_device
     from avvp_pipe.pipeline.train.run import load_run
 
     model, _head, config = load_run(run_dir)
-    dev = resolve_device(device)
+    dev = torch.device(require_device(device))
     model = model.to(dev).eval()
     stores = config.get("stores", {})
     flags = {"allow_random_init": allow_random_init, "allow_simulated": allow_simulated}
@@ -238,10 +250,54 @@ def run_features(run_dir: str, seconds: SplitSeconds, *, device: str | None = No
             v_out.append(v.float().cpu().numpy())
     train = config.get("train", {})
     mtsc = train.get("mtsc", "off")
-    source = {"run": str(run_dir), "stores": stores, "mtsc": mtsc,
+    source = {"run": str(run_dir), "stores": stores, "mtsc": mtsc, "reading": reading_label(train),
               "visual_head": model.visual_head is not None, "pairing": config.get("pairing")}
     return FeatureSet(f"{Path(run_dir).name} (mtsc {mtsc})", np.concatenate(a_out), np.concatenate(v_out),
                       "run", source)
+
+
+def reading_label(train: Mapping[str, Any]) -> str:
+    """A run's MTSC reading as Table 2 names its columns: "raw" without MTSC, else "part" or
+    "entire", followed by every reading option away from its default, e.g.
+    "entire (infonce, tau 0.5, batch negatives)". A config saved before an option existed
+    ran at its default, so a missing field reads as the default."""
+    from avvp_pipe.pipeline.train.config import TrainConfig
+
+    mtsc = train.get("mtsc", "off")
+    if mtsc == "off":
+        return "raw"
+    changed = [text(train[f]) for f, text in _READING_TEXT.items()
+               if f in train and train[f] != getattr(TrainConfig, f)]
+    return f"{mtsc} ({', '.join(changed)})" if changed else mtsc
+
+
+def table2_rows(rows: Sequence[dict]) -> list[dict]:
+    """The paper's Table 2, one row per run: its reading, recall, distinguish, precision, Type@AV.
+
+    Type@AV is a fraction, as the paper prints it (evaluate's JSON has percentages); two runs
+    with the same reading get their folder names added, so each row says which run it is.
+    """
+    labels = [r["source"].get("reading") or r["name"] for r in rows]
+    out = []
+    for row, label in zip(rows, labels):
+        if labels.count(label) > 1:
+            label = f"{label} [{Path(row['source']['run']).name}]"
+        percent = row.get("type_at_av")
+        values = {**row["headline"], "type_at_av": None if percent is None else percent / 100}
+        out.append({"reading": label, "run": row["source"].get("run"), "type_at_av_split": row.get("type_at_av_split"),
+                    **{column: values.get(key) for column, key in TABLE2_COLUMNS.items()}})
+    return out
+
+
+def format_table2(rows: Sequence[dict]) -> str:
+    """:func:`table2_rows` as text; a note when the runs' Type@AV come from different splits."""
+    from avvp_pipe.core.fmt import table
+
+    body = table(["MTSC reading", *TABLE2_COLUMNS], [[r["reading"], *(_fmt(r[c]) for c in TABLE2_COLUMNS)]
+                                                     for r in rows])
+    splits = sorted({str(r["type_at_av_split"]) for r in rows if r["Type@AV"] is not None})
+    note = [f"note: Type@AV (segment level) from different eval splits: {', '.join(splits)}"] if len(splits) > 1 else []
+    return "\n".join([body, *note])
 
 
 def run_type_at_av(run_dir: str) -> tuple[float | None, str | None]:
@@ -293,6 +349,7 @@ def analyze_set(fs: FeatureSet, seconds: SplitSeconds, *, match: str = "any", bl
     from avvp_pipe.models.similarity import headline, modality_metrics
     from avvp_pipe.core.progress import Progress
 
+    device = require_device(device)  # "auto" resolved once; the row says which device ran
     directions = ("audio->audio", "visual->visual")
     if fs.shared_space:
         directions += ("audio->visual", "visual->audio")
@@ -313,7 +370,7 @@ def analyze_set(fs: FeatureSet, seconds: SplitSeconds, *, match: str = "any", bl
             bar.close()
     return {"name": fs.name, "space": fs.space, "source": fs.source, "note": fs.note,
             "dims": {"audio": int(fs.audio.shape[-1]), "visual": int(fs.visual.shape[-1])},
-            "headline": headline(passes), "passes": passes}
+            "headline": headline(passes), "passes": passes, "device": device}
 
 
 def pick_clip(seconds: SplitSeconds, clip: str | None, ann: Annotations) -> int:
@@ -352,7 +409,7 @@ def clip_similarity(fs: FeatureSet, seconds: SplitSeconds, row: int) -> dict:
 
 
 def probe_stores(cache: str, dataset: str, names: Sequence[str] | None, seconds: SplitSeconds, *,
-                 config=None, device: str = "cpu", allow_random_init: bool = False,
+                 config=None, device: str | None = "auto", allow_random_init: bool = False,
                  allow_simulated: bool = False, progress: bool = True) -> list[dict]:
     """One linear probe per store against its own modality's truth; ``names=None``: every store."""
     from avvp_pipe.cache.store import list_stores
@@ -360,6 +417,7 @@ def probe_stores(cache: str, dataset: str, names: Sequence[str] | None, seconds:
     from avvp_pipe.core.progress import Progress
 
     flags = {"allow_random_init": allow_random_init, "allow_simulated": allow_simulated}
+    device = require_device(device)
     modalities = ("audio", "visual-2d", "visual-3d")
     if names is None:
         names = [s.name for s in list_stores(cache) if s.dataset == dataset]
@@ -374,7 +432,8 @@ def probe_stores(cache: str, dataset: str, names: Sequence[str] | None, seconds:
             truth = (seconds.audio_truth if modality == "audio" else seconds.visual_truth).transpose(0, 2, 1)
             score = probe(feats, truth, config or ProbeConfig(), device)  # truth (N, 10, 25)
             rows.append({"name": store.name, "extractor": store.extractor, "modality": store.modality,
-                         "truth": modality, "kind": store.kind, "dims": int(store.shape[1]), **score})
+                         "truth": modality, "kind": store.kind, "dims": int(store.shape[1]), "device": device,
+                         **score})
             bar.update(1)
     return rows
 

@@ -11,10 +11,12 @@ from typing import Any
 
 import click
 
-from avvp_pipe.pipeline.train.config import MTSC_MODES, PRECISIONS
+from avvp_pipe.core.device import AUTO, DEVICE_HELP
+from avvp_pipe.pipeline.train.config import MTSC_CHOICES, MTSC_MODES, PRECISIONS, TrainConfig
 
 #: TrainConfig fields these options set, by the parameter name click passes.
 RECIPE_FIELDS = ("epochs", "batch_size", "lr", "seed", "mtsc", "mtsc_weight", "mtsc_decay", "mtsc_anchor",
+                 "mtsc_form", "mtsc_temperature", "mtsc_pull", "mtsc_error", "mtsc_simdetach", "mtsc_negatives",
                  "device", "precision", "d_model", "ffn", "heads")
 
 _STORES = [
@@ -34,9 +36,24 @@ _RECIPE = [
     click.option("--mtsc-weight", type=float, default=1.0, show_default=True, help="Weight of the MTSC loss."),
     click.option("--mtsc-decay", type=float, default=5.0, show_default=True,
                  help="Time-lag exponent T_ij = 1/|i-j|^d."),
-    click.option("--mtsc-anchor", type=click.Choice(["audio", "visual", "both"]), default="audio",
+    click.option("--mtsc-anchor", type=click.Choice(MTSC_CHOICES["mtsc_anchor"]), default=TrainConfig.mtsc_anchor,
                  show_default=True, help="Modality whose detached self-similarity is the off-diagonal target."),
-    click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu, cuda, cuda:1."),
+    click.option("--mtsc-form", type=click.Choice(MTSC_CHOICES["mtsc_form"]), default=TrainConfig.mtsc_form,
+                 show_default=True, help="regression: Eq. 6 as a regression to T_ij * simdetach; infonce: Eq. 5 "
+                                         "(lag-weighted negatives, --mtsc-temperature)."),
+    click.option("--mtsc-temperature", type=float, default=TrainConfig.mtsc_temperature, show_default=True,
+                 help="InfoNCE temperature (--mtsc-form infonce only)."),
+    click.option("--mtsc-pull", type=click.Choice(MTSC_CHOICES["mtsc_pull"]), default=TrainConfig.mtsc_pull,
+                 show_default=True, help="Same-second pull: squared (s_ii - 1)^2 or linear 1 - s_ii."),
+    click.option("--mtsc-error", type=click.Choice(MTSC_CHOICES["mtsc_error"]), default=TrainConfig.mtsc_error,
+                 show_default=True, help="Other seconds against their target: squared or absolute error."),
+    click.option("--mtsc-simdetach", type=click.Choice(MTSC_CHOICES["mtsc_simdetach"]),
+                 default=TrainConfig.mtsc_simdetach, show_default=True,
+                 help="simdetach measured on: head (g's outputs), projected (before g) or raw (stored features)."),
+    click.option("--mtsc-negatives", type=click.Choice(MTSC_CHOICES["mtsc_negatives"]),
+                 default=TrainConfig.mtsc_negatives, show_default=True,
+                 help="Contrast seconds within each clip, or across all clips of the batch ((B*T)^2 matrix)."),
+    click.option("--device", default=AUTO, show_default=True, help=f"Torch device: {DEVICE_HELP}."),
     click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
                  help="Autocast precision of the model (fp16 on cuda only)."),
     click.option("--d-model", type=int, default=512, show_default=True,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from avvp_pipe.core.device import AUTO, DEVICE_HELP
+
 _MATCH_HELP = "any: share at least one label; exact: the same label set."
 
 
@@ -21,7 +23,7 @@ def _common(func):
                      help="Also write the JSON here (atomically)."),
         click.option("--block", type=click.IntRange(1), default=None,
                      help="Query seconds per similarity block (default: from a 256 MiB budget)."),
-        click.option("--device", default="auto", show_default=True, help="auto (cuda if present), cpu, cuda:0 ..."),
+        click.option("--device", default=AUTO, show_default=True, help=f"Torch device: {DEVICE_HELP}."),
         click.option("--allow-simulated", is_flag=True, help="Accept simulated stores."),
         click.option("--allow-random-init", is_flag=True, help="Accept stores from random-init weights."),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
@@ -42,13 +44,15 @@ def analyze() -> None:
     """
 
 
-def _emit(result: dict, rows: list[dict], seconds, ann, fsets, clip, out_dir, json_path) -> None:
-    """Print the table; write JSON, the heatmap of one clip and the bar chart."""
+def _emit(result: dict, rows: list[dict], seconds, ann, fsets, clip, out_dir, json_path, table2: bool = False) -> None:
+    """Print the table (Table 2's layout with ``table2``); write JSON, the heatmap of one clip and the bar chart."""
     from avvp_pipe.pipeline.analyze import measure as lib
 
     click.echo(f"{seconds.split}: {result['seconds']['clips']} clips, {result['seconds']['audio_labelled']} labelled "
                f"audio and {result['seconds']['visual_labelled']} labelled visual seconds; match {result['match']}")
-    click.echo(lib.format_similarity_table(rows))
+    if table2:
+        result["table2"] = lib.table2_rows(rows)
+    click.echo(lib.format_table2(result["table2"]) if table2 else lib.format_similarity_table(rows))
     row = lib.pick_clip(seconds, clip, ann)
     drawable = [fs for fs in fsets if fs.shared_space]
     if drawable:
@@ -129,7 +133,9 @@ def run(run_dir, annotations, split, match, clip, out_dir, json_path, block, dev
 @_common
 def compare(runs, annotations, split, match, clip, out_dir, json_path, block, device, allow_simulated,
             allow_random_init, no_progress) -> None:
-    """A table over several runs, one row each, like the seed paper's Table 2 (with Type@AV).
+    """The seed paper's Table 2 for any set of runs: one row per run, labelled by its MTSC reading
+    (raw, part, entire and its non-default options), with recall, distinguish, precision
+    (audio->visual, features before HAN) and Type@AV from each run's metrics.json.
 
     Example (the same pairing trained with --mtsc off, part, entire):
 
@@ -137,18 +143,18 @@ def compare(runs, annotations, split, match, clip, out_dir, json_path, block, de
         avvp-pipe analyze compare runs/off runs/part runs/entire --split test --out analysis/table2
     """
     _compare_runs(list(runs), annotations, split, match, clip, out_dir, json_path, block, device, allow_simulated,
-                  allow_random_init, no_progress)
+                  allow_random_init, no_progress, table2=True)
 
 
 def _compare_runs(run_dirs, annotations, split, match, clip, out_dir, json_path, block, device, allow_simulated,
-                  allow_random_init, no_progress) -> None:
+                  allow_random_init, no_progress, table2: bool = False) -> None:
     from avvp_pipe.pipeline.analyze import measure as lib
 
     ann, seconds, rows, fsets = lib.analyze_runs(run_dirs, annotations, split, match=match, block=block,
                                                  device=device, allow_simulated=allow_simulated,
                                                  allow_random_init=allow_random_init, progress=not no_progress)
     result = {"kind": "similarity", "split": split, "match": match, "seconds": seconds.counts(), "rows": rows}
-    _emit(result, rows, seconds, ann, fsets, clip, out_dir, json_path)
+    _emit(result, rows, seconds, ann, fsets, clip, out_dir, json_path, table2=table2)
 
 
 @analyze.command("probe")
@@ -166,7 +172,7 @@ def _compare_runs(run_dirs, annotations, split, match, clip, out_dir, json_path,
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for probe.json and probe.png.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0 ...")
+@click.option("--device", default=AUTO, show_default=True, help=f"Torch device: {DEVICE_HELP}.")
 @click.option("--allow-simulated", is_flag=True, help="Accept simulated stores.")
 @click.option("--allow-random-init", is_flag=True, help="Accept stores from random-init weights.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

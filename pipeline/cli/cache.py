@@ -159,4 +159,35 @@ def export_npy_command(store_url: str, out: Path, overwrite: bool, allow_unreal:
     _echo(*format_export(result))
 
 
+@cache_group.command("compare")
+@click.argument("store_url", metavar="STORE")
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--rtol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="Relative L2 at or below which a clip counts as the same features.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write histograms of relative L2 and cosine similarity here (PNG).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the full result (per clip and summary) as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def compare_command(store_url: str, folder: Path, rtol: float, plot_path: Path | None, out_path: Path | None,
+                    as_json: bool) -> None:
+    """Compare STORE with a folder DIR of per-clip <id>.npy files (e.g. the released LLP
+    features): per clip shape, max abs difference, cosine similarity and relative L2 (DIR is
+    the reference); percentiles over clips; clips on one side only.
+
+    \b
+    Example:
+      avvp-pipe cache compare avvp-cache/llp/vggish/3f9c0a1b2c3d4e5f.zarr feats/vggish --plot vggish.png
+    """
+    from avvp_pipe.cache.compare import compare, format_compare, plot_compare
+    from avvp_pipe.core.io import atomic_write_json, dumps
+
+    result = compare(store_url, folder, rtol=rtol)
+    if out_path is not None:
+        atomic_write_json(out_path, result)
+    if plot_path is not None:
+        plot_compare(result, plot_path)
+    click.echo(dumps(result) if as_json else format_compare(result))
+
+
 COMMANDS = [cache_group]

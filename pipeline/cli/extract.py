@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from avvp_pipe.core.device import AUTO, DEVICE_HELP
+from avvp_pipe.pipeline.decode.readers import DECODERS, DEFAULT_DECODER
+
 
 @click.command("extract")
 @click.option("--videos", required=True, type=click.Path(path_type=Path),
@@ -25,7 +28,7 @@ import click
               help="Clips decoded in parallel (each in its own watchdog process).")
 @click.option("--queue", "queue_size", type=int, default=4, show_default=True,
               help="Decoded clips that may wait for the models (bounds memory).")
-@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda or cuda:N.")
+@click.option("--device", default=AUTO, show_default=True, help=f"Torch device: {DEVICE_HELP}.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Autocast precision of the models (part of the store key).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
@@ -34,6 +37,9 @@ import click
               help="Offline weights folder (nothing is downloaded) [default: the torch hub cache].")
 @click.option("--random-init", is_flag=True,
               help="Untrained, seeded weights (tests and demos); the stores say RANDOM-INIT.")
+@click.option("--frame-rule", type=click.Choice(["official", "aligned"]), default="official", show_default=True,
+              help="Which 80 frames visual extractors see: official (spread over every JPEG of ffmpeg -r 8, any "
+                   "clip length; the released features) or aligned (first 10 s, last frame repeated). Keys the store.")
 @click.option("--trust-weights", is_flag=True,
               help="Use weights files whose sha256 differs from the published one (fine-tuned or re-saved); "
                    "refused otherwise. Their own hash keys the features.")
@@ -45,14 +51,17 @@ import click
               help="Clips per dask work unit (committed together).")
 @click.option("--decode-timeout", type=float, default=60.0, show_default=True,
               help="Seconds before a hanging decoder is killed (0 = decode in-process, no limit).")
+@click.option("--decoder", type=click.Choice(DECODERS), default=DEFAULT_DECODER, show_default=True,
+              help="Frame reader: torchcodec (maintained; needs FFmpeg 4-8 libraries) or decord; auto takes "
+                   "torchcodec when it loads. Same frames on CPU; torchcodec with a cuda --device decodes on NVDEC.")
 @click.option("--summary", "summary_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the summary as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(videos: Path, cache_root: str, dataset: str | None, names: str | None, annotations: Path | None,
             split: str | None, clips_file: Path | None, batch_size: int | None, decode_workers: int,
             queue_size: int, device: str, precision: str, dtype: str, weights_dir: Path | None, random_init: bool,
-            trust_weights: bool, workers: int | None, scheduler: str | None, unit_clips: int, decode_timeout: float,
-            summary_path: Path | None, quiet: bool) -> None:  # fmt: skip
+            frame_rule: str, trust_weights: bool, workers: int | None, scheduler: str | None, unit_clips: int, decode_timeout: float,
+            decoder: str, summary_path: Path | None, quiet: bool) -> None:  # fmt: skip
     """Decode each clip once (80 frames at 8 fps, 16/48 kHz audio) and write the features of
     every requested extractor into the cache, resuming where an earlier run stopped.
 
@@ -77,7 +86,7 @@ def extract(videos: Path, cache_root: str, dataset: str | None, names: str | Non
         extractors=tuple(chosen), batch_size=batch_size, decode_workers=decode_workers, queue=queue_size,
         device=device, precision=precision, weights_dir=str(weights_dir) if weights_dir else None,
         random_init=random_init, decode_timeout=decode_timeout or None, dtype=dtype, unit_clips=unit_clips,
-        trust_weights=trust_weights,
+        trust_weights=trust_weights, frame_rule=frame_rule, decoder=decoder,
     )  # fmt: skip
     clips = find_clips(videos, dataset=dataset, annotations=annotations, split=split, clips_file=clips_file)
     summary = run_extract(videos, cache_root, clips, opts, workers=workers, scheduler=scheduler,

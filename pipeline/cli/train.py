@@ -57,7 +57,7 @@ def train(cache, dataset, annotations, audio, visual, visual_3d, out_dir, keep_v
     )  # fmt: skip
     if result.already_finished:
         click.echo(f"{out_dir}: the run is already finished ({len(result.history)} epochs); nothing to do")
-    click.echo(summary(result))
+    click.echo(summary(result, config.device))
 
 
 COMMANDS = [train]

@@ -1,7 +1,13 @@
 """Decode an LLP clip into exactly the 80 frames and the audio the official features saw.
 
 Frame choice. The official features ran ``ffmpeg -i clip.mp4 -r 8 %06d.jpg`` (80-82 JPEGs
-for 10 s) and kept the JPEGs at ``np.round(np.linspace(0, n_jpegs - 1, 80))``. With ``-r``
+for 10 s; fewer for a clip whose source ended early, more for a longer one) and kept the
+JPEGs at ``np.round(np.linspace(0, n_jpegs - 1, 80))`` over ALL of them, whatever their
+number. That is ``frame_rule="official"``, the default, for every clip length: a short
+clip repeats some JPEGs spread over its length, a long one spreads the 80 over all of it.
+``frame_rule="aligned"`` instead keeps only frames starting before ``seconds`` (10 s) and
+repeats the last JPEG up to 80, so frame k lies in second k // 8 (per-second alignment with
+the dense labels); on clips of about 10 s the two rules pick the same frames. With ``-r``
 as an output option and an image2 output, ffmpeg converts the rate with its CFR "vsync"
 logic (``do_video_out`` in 3.x-6.0, ``video_sync_process`` later; no fps filter is used):
 
@@ -25,9 +31,15 @@ reproduces all 82 official JPEGs of the real clip, and matched a real ffmpeg 9.0
 frame for frame on synthetic clips at 8.5-30 fps (legacy_ffmpeg=False there). libavfilter's
 ``fps`` filter (nearest-frame rounding) picks different frames, so it is no substitute.
 
-Decoding. Frames come from decord (``VideoReader.get_batch`` on only the chosen indices);
-audio from PyAV (4x faster than decord's AudioReader here, and decord's mono downmix sums
-channels at 0.707 each, which can exceed [-1, 1]), averaged to mono and resampled with soxr.
+Decoding. Frames come from decord or torchcodec (:mod:`avvp_pipe.pipeline.decode.readers`,
+``decoder``; both decode only the chosen indices, which this module picks, and give the same
+frames on CPU; the reader's frame count must equal the container's packet count, or the
+indices would name other frames). Audio comes from PyAV (4x faster than decord's AudioReader here, and decord's mono
+downmix sums channels at 0.707 each, which can exceed [-1, 1]). ``audio_16k`` follows
+``audio_path``: "moviepy" (default) replays the official wavs sample for sample
+(:mod:`avvp_pipe.pipeline.decode.audio`: 44.1 kHz stereo, nearest sample per 16 kHz time,
+no anti-alias filter); "soxr" resamples the channel mean with soxr HQ. ``audio_48k`` is
+always the channel mean resampled with soxr HQ.
 Decord is unmaintained and can hang or leak, so by default all decoding runs in a
 persistent worker process (one per calling thread, living until that thread calls
 :func:`shutdown_worker` or Python exits) that is killed when a clip takes longer than
@@ -53,6 +65,8 @@ import numpy as np
 
 from avvp_pipe.core.errors import AvvpError, ClipError
 from avvp_pipe.core.io import atomic_path
+from avvp_pipe.pipeline.decode.audio import DEFAULT_AUDIO_PATH, check_audio_path, official_16k, soxr_16k
+from avvp_pipe.pipeline.decode.readers import DEFAULT_DECODER, read_frames, resolve_decoder
 
 #: Audio rates a DecodedClip carries (VGGish-style 16 kHz, PANNs/CLAP-style 48 kHz).
 AUDIO_RATES = (16000, 48000)
@@ -65,6 +79,10 @@ _RECYCLE_AFTER = 200
 _STARTUP_TIMEOUT_S = 120.0
 
 AV_TIME_BASE = 1_000_000
+#: How the 80 frames are chosen: "official" (linspace over every JPEG ffmpeg -r 8 writes, any
+#: clip length) or "aligned" (JPEGs of the first ``seconds`` only, the last one repeated to 80).
+FRAME_RULES = ("official", "aligned")
+DEFAULT_FRAME_RULE = "official"
 
 
 @dataclass(frozen=True)
@@ -191,24 +209,41 @@ def _pad_jpegs(jpegs: np.ndarray, n_out: int) -> np.ndarray:
     return np.concatenate([jpegs, np.full(n_out - len(jpegs), jpegs[-1], dtype=np.int64)])
 
 
+def check_frame_rule(frame_rule: str) -> str:
+    """``frame_rule`` if known; ValueError naming the choices otherwise."""
+    if frame_rule not in FRAME_RULES:
+        raise ValueError(f"Expected frame_rule in {FRAME_RULES} but got {frame_rule!r}")
+    return frame_rule
+
+
+def choose_jpegs(jpegs: np.ndarray, n_out: int, frame_rule: str) -> np.ndarray:
+    """The ``n_out`` images kept of the JPEG sequence: linspace over all of them (official),
+    or over the sequence padded with its last image to ``n_out`` (aligned)."""
+    if check_frame_rule(frame_rule) == "aligned":
+        jpegs = _pad_jpegs(jpegs, n_out)
+    return jpegs[select_jpeg_positions(len(jpegs), n_out)]
+
+
 def official_frame_indices(
     n_source_frames: int, source_fps: float, *, out_fps: float = 8.0, n_out: int = 80,
-    legacy_ffmpeg: bool = True,
+    legacy_ffmpeg: bool = True, frame_rule: str = DEFAULT_FRAME_RULE, seconds: float = 10.0,
 ) -> np.ndarray:
     """Source frame indices of the official features for a constant-rate clip.
 
     Assumes frame k is at k / source_fps from the file start (an MP4 from ffmpeg with the
     video starting at 0). For real files :func:`decode_clip` uses the stream's actual
-    timestamps instead. Fewer than ``n_out`` images (a short clip) repeat the last one.
+    timestamps instead. ``frame_rule="aligned"`` keeps frames starting before ``seconds``
+    and repeats the last image when there are fewer than ``n_out``.
     """
     if n_source_frames < 1:
         raise ValueError(f"Expected n_source_frames >= 1 but got {n_source_frames}")
     rate = Fraction(source_fps).limit_denominator(1001)
     ticks = np.arange(n_source_frames)  # pts in time base 1/rate; each frame lasts 1 tick
+    if check_frame_rule(frame_rule) == "aligned":
+        ticks = ticks[ticks < seconds * rate]  # frame k starts at k / rate
     jpegs = ffmpeg_rate_jpegs(ticks, 1 / rate, rate, out_fps=out_fps, pkt_durations=np.ones_like(ticks),
                               legacy_ffmpeg=legacy_ffmpeg)
-    jpegs = _pad_jpegs(jpegs, n_out)
-    return jpegs[select_jpeg_positions(len(jpegs), n_out)]
+    return choose_jpegs(jpegs, n_out, frame_rule)
 
 
 # ----------------------------------------------------------------------------------------
@@ -287,13 +322,30 @@ def _rate_from_pts(pts: np.ndarray, tb: Fraction) -> Fraction:
     return Fraction(1 / (step * float(tb))).limit_denominator(1001)
 
 
-def _read_audio(path: str, seconds: float, rates: Sequence[int]) -> tuple[dict[int, np.ndarray], float]:
+def _read_audio(path: str, seconds: float, rates: Sequence[int],
+                audio_path: str = DEFAULT_AUDIO_PATH) -> tuple[dict[int, np.ndarray], float]:
     """Decode the first audio stream to mono at each rate, padded/trimmed to ``seconds``.
 
     Samples are concatenated in decode order (what ``ffmpeg -i clip.mp4 out.wav`` does;
     LLP packet timestamps jitter by +-45 samples around contiguous 1024-sample frames).
-    Returns the per-rate arrays and the source audio length in seconds.
+    16 kHz follows ``audio_path`` (module docstring). Returns the per-rate arrays and the
+    source audio length in seconds.
     """
+    rates = tuple(rates)
+    out: dict[int, np.ndarray] = {}
+    source_seconds = None
+    if 16000 in rates and audio_path == "moviepy":
+        official, source_seconds = official_16k(path)  # (n,) float32, the official wav's mono
+        out[16000] = _fit_length(official, int(round(seconds * 16000)))
+        rates = tuple(r for r in rates if r != 16000)
+    if rates:
+        resampled, source_seconds = _read_resampled(path, seconds, rates)
+        out.update(resampled)
+    return out, float(source_seconds or 0.0)
+
+
+def _read_resampled(path: str, seconds: float, rates: Sequence[int]) -> tuple[dict[int, np.ndarray], float]:
+    """The channel mean at each rate, resampled with soxr HQ, padded/trimmed to ``seconds``."""
     import av
     import soxr
 
@@ -315,7 +367,8 @@ def _read_audio(path: str, seconds: float, rates: Sequence[int]) -> tuple[dict[i
     mono = mono[:need]
     out = {}
     for rate in rates:
-        y = soxr.resample(mono, native, rate, quality="HQ") if rate != native else mono
+        y = soxr_16k(mono, native) if rate == 16000 else (
+            soxr.resample(mono, native, rate, quality="HQ") if rate != native else mono)
         out[rate] = _fit_length(np.asarray(y, dtype=np.float32), int(round(seconds * rate)))
     return out, source_seconds
 
@@ -341,57 +394,75 @@ def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def _select(tl: _Timeline, path: str, n_frames: int, out_fps: float, seconds: float,
-            legacy_ffmpeg: bool = True) -> tuple[np.ndarray, list[str]]:
+            legacy_ffmpeg: bool = True, frame_rule: str = DEFAULT_FRAME_RULE) -> tuple[np.ndarray, list[str]]:
     """Source indices of the ``n_frames`` frames, plus notes on trimming/padding."""
     notes = []
-    limit = _rescale(int(round(seconds * AV_TIME_BASE)), Fraction(1, AV_TIME_BASE), tl.time_base)
-    kept = int(np.searchsorted(tl.pts, limit, side="left"))  # frames starting before `seconds`
-    if kept == 0:
-        raise ClipError(f"{path}: expected video frames in the first {seconds:g}s but the first starts later")
-    if kept < len(tl.pts):
-        notes.append(f"video trimmed {tl.duration:.2f}s->{seconds:g}s")
+    kept = len(tl.pts)
+    if frame_rule == "aligned":
+        limit = _rescale(int(round(seconds * AV_TIME_BASE)), Fraction(1, AV_TIME_BASE), tl.time_base)
+        kept = int(np.searchsorted(tl.pts, limit, side="left"))  # frames starting before `seconds`
+        if kept == 0:
+            raise ClipError(f"{path}: expected video frames in the first {seconds:g}s but the first starts later")
+        if kept < len(tl.pts):
+            notes.append(f"video trimmed {tl.duration:.2f}s->{seconds:g}s")
     jpegs = ffmpeg_rate_jpegs(tl.pts[:kept], tl.time_base, tl.frame_rate, out_fps=out_fps,
                               pkt_durations=tl.durations[:kept], single_stream=tl.n_streams == 1,
                               legacy_ffmpeg=legacy_ffmpeg)
-    if len(jpegs) < n_frames:
+    if frame_rule == "aligned" and len(jpegs) < n_frames:
         notes.append(f"video padded {tl.duration:.2f}s->{seconds:g}s "
                      f"({n_frames - len(jpegs)} of {n_frames} frames repeat the last)")
-    jpegs = _pad_jpegs(jpegs, n_frames)
-    return jpegs[select_jpeg_positions(len(jpegs), n_frames)], notes
+    elif frame_rule == "official" and abs(tl.duration - seconds) > _NOTE_TOLERANCE_S:
+        notes.append(f"video {tl.duration:.2f}s: {n_frames} frames spread over its {len(jpegs)} JPEGs "
+                     f"(official rule{', some repeat' if len(jpegs) < n_frames else ''})")
+    vfr = variable_frame_rate(tl.pts, tl.time_base)
+    if vfr:
+        notes.append(vfr)
+    return choose_jpegs(jpegs, n_frames, frame_rule), notes
 
 
-def _decode_frames(path: str, indices: np.ndarray, n_expected: int) -> np.ndarray:
-    """Decode only the chosen frames with decord; release the reader at once (it leaks)."""
-    import decord
+def variable_frame_rate(pts: np.ndarray, time_base: Fraction, tolerance: float = 0.1) -> str | None:
+    """A note when the frame steps vary by more than ``tolerance`` of the typical step, else None.
 
-    unique, inverse = np.unique(indices, return_inverse=True)
-    reader = None
-    try:
-        reader = decord.VideoReader(path, ctx=decord.cpu(0))
-        if len(reader) < unique[-1] + 1:
-            raise ClipError(f"{path}: expected {n_expected} video frames but decord found {len(reader)}")
-        frames = reader.get_batch(unique.tolist()).asnumpy()  # (U, H, W, 3) uint8 RGB
-    except decord.DECORDError as err:
-        raise ClipError(f"{path}: decord could not decode the video ({_one_line(err)})") from err
-    finally:
-        del reader
-    return frames[inverse]  # (n_frames, H, W, 3)
+    Why a note and not a fix: ffmpeg's ``-r 8`` is replayed on the packet timestamps, which
+    matches it on constant-rate clips; on variable-rate ones its choice can differ by one
+    8-fps slot near a rate change, and the last frame's pixels may be another frame's.
+    The clip's record then says so, and a user comparing with released features knows why.
+    """
+    steps = np.diff(np.sort(pts))  # presentation order: B-frame reordering is not a rate change
+    steps = steps[steps > 0]
+    if len(steps) < 2:
+        return None
+    typical = float(np.median(steps))
+    low, high = float(steps.min()), float(steps.max())
+    if high - low <= max(1.0, tolerance * typical):
+        return None
+    ms = 1000.0 * float(time_base)
+    return (f"variable frame rate: frame steps {low * ms:.1f}-{high * ms:.1f} ms (typical {typical * ms:.1f}); "
+            f"the 8-fps choice may differ from ffmpeg's by one slot near rate changes")
+
+
+def _decode_frames(path: str, indices: np.ndarray, n_expected: int, decoder: str = "decord",
+                   decode_device: str = "cpu") -> np.ndarray:
+    """Decode only the chosen frames with ``decoder`` (decord or torchcodec, :mod:`.readers`)."""
+    return read_frames(path, indices, n_expected, decoder, decode_device)  # (n_frames, H, W, 3)
 
 
 def _decode_local(path: str, n_frames: int, out_fps: float, seconds: float,
-                  audio_rates: tuple[int, ...], legacy_ffmpeg: bool = True) -> DecodedClip:
+                  audio_rates: tuple[int, ...], legacy_ffmpeg: bool = True,
+                  frame_rule: str = DEFAULT_FRAME_RULE, audio_path: str = DEFAULT_AUDIO_PATH,
+                  decoder: str = "decord", decode_device: str = "cpu") -> DecodedClip:
     """Decode in this process (no time limit)."""
     tl = _read_timeline(path)
     if tl is None:
-        return _decode_audio_only(path, seconds, audio_rates)
-    indices, notes = _select(tl, path, n_frames, out_fps, seconds, legacy_ffmpeg)
-    frames = _decode_frames(path, indices, len(tl.pts))
+        return _decode_audio_only(path, seconds, audio_rates, audio_path)
+    indices, notes = _select(tl, path, n_frames, out_fps, seconds, legacy_ffmpeg, frame_rule)
+    frames = _decode_frames(path, indices, len(tl.pts), decoder, decode_device)
     frame_time = tl.pts[indices].astype(np.float64) * float(tl.time_base)  # (n_frames,)
     audio: dict[int, np.ndarray] = {}
     if not tl.has_audio:
         notes.append("no audio stream")
     elif audio_rates:
-        audio, source_seconds = _read_audio(path, seconds, audio_rates)
+        audio, source_seconds = _read_audio(path, seconds, audio_rates, audio_path)
         if source_seconds < seconds - _NOTE_TOLERANCE_S:
             notes.append(f"audio padded {source_seconds:.2f}s->{seconds:g}s")
         elif source_seconds > seconds + _NOTE_TOLERANCE_S:
@@ -404,10 +475,11 @@ def _decode_local(path: str, n_frames: int, out_fps: float, seconds: float,
     )
 
 
-def _decode_audio_only(path: str, seconds: float, audio_rates: tuple[int, ...]) -> DecodedClip:
+def _decode_audio_only(path: str, seconds: float, audio_rates: tuple[int, ...],
+                       audio_path: str = DEFAULT_AUDIO_PATH) -> DecodedClip:
     """A file with audio and no video: the audio extractors get their input, the visual ones
     fail for this clip with "no video stream" (as audio ones do for a clip without audio)."""
-    audio, source_seconds = _read_audio(path, seconds, audio_rates) if audio_rates else ({}, 0.0)
+    audio, source_seconds = _read_audio(path, seconds, audio_rates, audio_path) if audio_rates else ({}, 0.0)
     return DecodedClip(
         clip_id=Path(path).stem[:11], path=path, frames=None, frame_index=np.zeros(0, np.int64),
         frame_time=np.zeros(0, np.float64), audio_16k=audio.get(16000), audio_48k=audio.get(48000),
@@ -426,17 +498,27 @@ def _decode_audio_only(path: str, seconds: float, audio_rates: tuple[int, ...]) 
 
 _WORKER_CODE = (
     "import sys, json; sys.path[:0] = json.loads(sys.argv[3]); "
-    "from avvp_pipe.pipeline.decode.clip import _worker_main; _worker_main(int(sys.argv[1]), int(sys.argv[2]))"
+    "from avvp_pipe.pipeline.decode.clip import _worker_main; "
+    "_worker_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[4] if len(sys.argv) > 4 else 'decord')"
 )
 
 
-def _worker_main(read_fd: int, write_fd: int) -> None:
-    """Worker loop: run ``fn(*args)`` per request, answer ("ok"|"err", payload); EOF ends it."""
+def _worker_main(read_fd: int, write_fd: int, reader: str = "decord") -> None:
+    """Worker loop: run ``fn(*args)`` per request, answer ("ok"|"err", payload); EOF ends it.
+
+    ``reader`` is the frame reader this worker serves: torchcodec (and so torch, ~1 GB of
+    memory and ~10 s) is imported at start-up only by workers that read with it.
+    """
     from multiprocessing.connection import Connection
 
     import av  # noqa: F401 - import now so a clip's time limit does not include imports
     import decord  # noqa: F401
     import soxr  # noqa: F401
+
+    if reader == "torchcodec":
+        from avvp_pipe.pipeline.decode.readers import torchcodec_problem
+
+        torchcodec_problem()  # imports torch + torchcodec now: not inside a clip's time limit
 
     requests, replies = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     replies.send(("ready", None))
@@ -456,15 +538,16 @@ def _worker_main(read_fd: int, write_fd: int) -> None:
 class _Worker:
     """One worker subprocess and its pipes; ``call`` kills it when a request overruns."""
 
-    def __init__(self) -> None:
+    def __init__(self, reader: str = "decord") -> None:
         from multiprocessing.connection import Connection
 
+        self.reader = reader
         req_r, req_w = os.pipe()  # parent -> worker
         rep_r, rep_w = os.pipe()  # worker -> parent
         paths = json.dumps([p for p in sys.path if isinstance(p, str)])
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_CODE, str(req_r), str(rep_w), paths],
+                [sys.executable, "-c", _WORKER_CODE, str(req_r), str(rep_w), paths, reader],
                 pass_fds=(req_r, rep_w), stdin=subprocess.DEVNULL, close_fds=True,
             )
         except OSError as err:
@@ -524,13 +607,13 @@ _local = threading.local()
 _ALL_WORKERS: set[_Worker] = set()
 
 
-def _run_with_timeout(fn: Callable, args: tuple, timeout_s: float, what: str) -> Any:
-    """Run ``fn(*args)`` in this thread's worker process; ClipError if it takes too long."""
+def _run_with_timeout(fn: Callable, args: tuple, timeout_s: float, what: str, reader: str = "decord") -> Any:
+    """Run ``fn(*args)`` in this thread's worker process for ``reader``; ClipError if it takes too long."""
     worker: _Worker | None = getattr(_local, "worker", None)
-    if worker is None or not worker.usable:
+    if worker is None or not worker.usable or worker.reader != reader:
         if worker is not None:
             worker.kill()
-        worker = _local.worker = _Worker()
+        worker = _local.worker = _Worker(reader)
     try:
         return worker.call(fn, args, timeout_s, what)
     finally:
@@ -576,15 +659,23 @@ def decode_clip(
     audio_rates: Sequence[int] = AUDIO_RATES,
     timeout_s: float | None = 60.0,
     legacy_ffmpeg: bool = True,
+    frame_rule: str = DEFAULT_FRAME_RULE,
+    audio_path: str = DEFAULT_AUDIO_PATH,
+    decoder: str = DEFAULT_DECODER,
+    decode_device: str = "cpu",
 ) -> DecodedClip:
     """Decode the official ``n_frames`` frames and ``seconds`` of mono audio of one clip.
 
-    Clips shorter than ``seconds`` are padded (last frame repeated, audio zeros), longer
-    ones trimmed to their first ``seconds``; both are recorded in ``notes``. A missing,
+    ``frame_rule`` "official" spreads the frames over the whole clip, whatever its length;
+    "aligned" pads a short clip (last frame repeated) and trims a long one to its first
+    ``seconds``. Audio is always padded with zeros or trimmed to ``seconds``; ``audio_path``
+    picks how 16 kHz is made (module docstring). Length adjustments go in ``notes``. A missing,
     empty or corrupt file raises ClipError, as does a decode taking over ``timeout_s``
     (the worker process is killed). ``timeout_s=None`` decodes in this process with no
     time limit. ``legacy_ffmpeg=False`` follows newer ffmpeg's (6.1+) frame choice instead
-    of the 2020-era one (they differ only for sources under 16 fps).
+    of the 2020-era one (they differ only for sources under 16 fps). ``decoder`` (decord,
+    torchcodec or auto) reads the chosen frames; ``decode_device`` "cuda" with torchcodec
+    decodes on NVDEC (:func:`avvp_pipe.pipeline.decode.readers.resolve_decoder`).
     """
     path = os.fspath(path)
     rates = tuple(int(r) for r in audio_rates)
@@ -594,10 +685,14 @@ def decode_clip(
     if n_frames < 1 or out_fps <= 0 or seconds <= 0:
         raise ValueError(f"Expected positive n_frames, out_fps, seconds but got {n_frames}, {out_fps}, {seconds}")
     _check_file(path)
-    args = (path, int(n_frames), float(out_fps), float(seconds), rates, bool(legacy_ffmpeg))
+    check_frame_rule(frame_rule)
+    check_audio_path(audio_path)
+    reader, reader_device = resolve_decoder(decoder, decode_device)  # here: a missing reader is one error, not N
+    args = (path, int(n_frames), float(out_fps), float(seconds), rates, bool(legacy_ffmpeg), frame_rule, audio_path,
+            reader, reader_device)
     if timeout_s is None:
         return _decode_local(*args)
-    return _run_with_timeout(_decode_local, args, float(timeout_s), path)
+    return _run_with_timeout(_decode_local, args, float(timeout_s), path, reader)
 
 
 def save_npz(clip: DecodedClip, out: str | os.PathLike) -> None:

@@ -1,7 +1,7 @@
 """Write and probe small MP4 clips with PyAV (which bundles libav*; there is no ffmpeg binary).
 
 Used to make synthetic LLP-like clips for tests and benchmarks: H.264 (yuv420p) video and
-mono AAC audio, the codecs LLP clips were cut with. Frame rates may be fractional (LLP has
+mono or stereo AAC audio, the codecs LLP clips were cut with. Frame rates may be fractional (LLP has
 clips at 19.62 or 29.97 fps), so the stream time base is the exact rational inverse of the
 rate: frame k then has pts k and time k / fps with no drift.
 """
@@ -56,22 +56,33 @@ def _check_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-def _add_audio_stream(container: av.container.OutputContainer, sample_rate: int):
-    stream = container.add_stream("aac", rate=sample_rate, layout="mono")
+_LAYOUTS = {1: "mono", 2: "stereo"}
+
+
+def _audio_channels(audio: np.ndarray) -> np.ndarray:
+    """Audio as planar (channels, n) float32: (n,) is mono, (n, 2) stereo."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        return audio[None, :]
+    if audio.ndim != 2 or audio.shape[1] not in _LAYOUTS:
+        raise ValueError(f"Expected audio of shape (n,) or (n, 2) but got {audio.shape}")
+    return np.ascontiguousarray(audio.T)
+
+
+def _add_audio_stream(container: av.container.OutputContainer, sample_rate: int, channels: int = 1):
+    stream = container.add_stream("aac", rate=sample_rate, layout=_LAYOUTS[channels])
     stream.time_base = Fraction(1, sample_rate)
     return stream
 
 
 def _encode_audio(container, stream, audio: np.ndarray, sample_rate: int) -> None:
-    """Encode mono float audio in 1024-sample frames (AAC's frame size), then flush."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim != 1:
-        raise ValueError(f"Expected mono audio of shape (n,) but got {audio.shape}")
-    audio = np.clip(audio, -1.0, 1.0)
+    """Encode float audio ((n,) mono or (n, 2) stereo) in 1024-sample frames (AAC's), then flush."""
+    planar = np.clip(_audio_channels(audio), -1.0, 1.0)  # (channels, n)
+    layout = _LAYOUTS[planar.shape[0]]
     chunk = 1024
-    for start in range(0, len(audio), chunk):
-        piece = audio[start : start + chunk][None, :]  # (1, <=1024) planar mono
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format="fltp", layout="mono")
+    for start in range(0, planar.shape[1], chunk):
+        piece = planar[:, start : start + chunk]  # (channels, <=1024) planar
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format="fltp", layout=layout)
         frame.sample_rate = sample_rate
         frame.pts = start
         frame.time_base = Fraction(1, sample_rate)
@@ -89,7 +100,7 @@ def write_mp4(
     crf: int = 23,
     preset: str = "veryfast",
 ) -> None:
-    """Write RGB ``frames`` (each HxWx3 uint8) and optional mono ``audio`` as an MP4.
+    """Write RGB ``frames`` (each HxWx3 uint8) and optional ``audio`` ((n,) mono or (n, 2)) as an MP4.
 
     The file appears atomically (temp file in the same folder, then ``os.replace``), so a
     reader never sees a half-written clip. Frame k gets pts k in time base 1/fps (exact
@@ -108,7 +119,8 @@ def _write(tmp: str, frames, rate: Fraction, audio, sample_rate: int, crf: int, 
         video = None
         size = None
         n_written = 0
-        audio_stream = _add_audio_stream(container, sample_rate) if audio is not None else None
+        audio_stream = (_add_audio_stream(container, sample_rate, _audio_channels(audio).shape[0])
+                        if audio is not None else None)
         for frame in _iter_frames(frames):
             frame = _check_frame(frame, size)
             if video is None:

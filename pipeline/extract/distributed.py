@@ -43,7 +43,11 @@ _WORKER_LOCK = threading.Lock()
 
 
 def worker_device(device: str) -> str:
-    """'cuda' on a LocalCluster worker named i uses GPU i (modulo the count); anything else as given."""
+    """'cuda' on a LocalCluster worker named i uses GPU i (modulo the count); 'auto' (a client
+    on another host leaves it to each worker) is resolved by this worker; anything else as given."""
+    from avvp_pipe.core.device import resolve_device
+
+    device = resolve_device(device)
     if device != "cuda":
         return device
     try:
@@ -79,7 +83,7 @@ def run_unit(unit: Unit) -> RunResult:
     extractors = _worker_extractors(unit.opts, names)
     stores = {}
     for name in names:
-        key = store_key(store_config(extractors[name], unit.opts.precision), unit.opts.dtype)
+        key = store_key(store_config(extractors[name], unit.opts.precision, unit.opts.frame_rule), unit.opts.dtype)
         if key != unit.store_keys[name]:
             raise AvvpError(f"worker built {name} with store key {key} but the client created {unit.store_keys[name]} "
                             "(different weights or library versions on this worker?)")

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from avvp_pipe.core.errors import AvvpError
-from avvp_pipe.pipeline.extract.plan import ClipTask, DEFAULT_BATCH, ExtractOptions, MISSING_VIDEO, RunResult
+from avvp_pipe.pipeline.extract.plan import (ClipTask, DEFAULT_BATCH, ExtractOptions, MISSING_VIDEO, RunResult,
+                                             audio_path_16k)
 
 if TYPE_CHECKING:  # torch stays out of `avvp-pipe --help`
     import torch
@@ -81,7 +82,8 @@ def decode_and_prepare(task: ClipTask, extractors: Mapping[str, Extractor], opts
         out.errors = {name: MISSING_VIDEO for name in task.names}
         return out
     try:
-        clip = decode_clip(task.path, audio_rates=rates, timeout_s=opts.decode_timeout)
+        clip = decode_clip(task.path, audio_rates=rates, timeout_s=opts.decode_timeout, frame_rule=opts.frame_rule,
+                           audio_path=audio_path_16k(extractors), decoder=opts.decoder, decode_device=opts.device)
     except Exception as err:  # noqa: BLE001 - ClipError and decoder surprises alike fail this clip only
         out.errors = {name: failure_reason(err) for name in task.names}
         return out

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from avvp_pipe.core.device import resolve_device
+from avvp_pipe.pipeline.decode.readers import resolve_decoder
 from avvp_pipe.core.errors import EXIT_USAGE, AvvpError, WeightsError
 
 if TYPE_CHECKING:  # torch stays out of `avvp-pipe --help`
@@ -25,6 +27,19 @@ DEFAULT_BATCH = {"visual-2d": 128, "visual-3d": 16, "audio": 64}
 DECODE_RULE = {"n_frames": 80, "out_fps": 8.0, "seconds": 10.0, "legacy_ffmpeg": True,
                "rule": "ffmpeg -r 8 JPEG sequence replayed on timestamps, then "
                        "np.round(np.linspace(0, n - 1, 80)) (avvp_pipe.pipeline.decode)"}
+#: The frame rules in words, for provenance (avvp_pipe.pipeline.decode.clip.FRAME_RULES).
+FRAME_RULE_TEXT = {
+    "official": "np.round(np.linspace(0, n - 1, 80)) over all n JPEGs of ffmpeg -r 8, any clip length "
+                "(the official features)",
+    "aligned": "JPEGs of frames starting before 10 s, the last repeated to 80, then the linspace "
+               "(frame k in second k // 8)",
+}
+#: The 16 kHz audio paths in words, for provenance (avvp_pipe.pipeline.decode.audio.AUDIO_PATHS).
+AUDIO_PATH_TEXT = {
+    "moviepy": "moviepy 1.0.3 write_audiofile(fps=16000) replayed: 44.1 kHz stereo s16, nearest sample, "
+               "no filter, int16, channel mean (the official VGGish input)",
+    "soxr": "channel mean resampled to 16 kHz with soxr HQ",
+}
 MISSING_VIDEO = "video file missing"
 
 
@@ -47,7 +62,7 @@ class ExtractOptions:
     batch_size: int | None = None  # rows per embed call for every extractor; None: DEFAULT_BATCH
     decode_workers: int = 2  # decode threads, each with its own watchdog decode process
     queue: int = 4  # prepared clips waiting for the models (bounds memory)
-    device: str = "cpu"
+    device: str = "auto"  # run_extract resolves it (core.device); dask workers on other hosts resolve their own
     precision: str = "fp32"
     weights_dir: str | None = None
     random_init: bool = False
@@ -55,12 +70,17 @@ class ExtractOptions:
     dtype: str = "float32"  # storage dtype of the stores
     unit_clips: int = 8  # clips per dask work unit
     trust_weights: bool = False  # use weights files whose sha256 differs from the published one
+    frame_rule: str = "official"  # which 80 frames (avvp_pipe.pipeline.decode.clip.FRAME_RULES)
+    decoder: str = "auto"  # frame reader (pipeline/decode/readers.py); torchcodec + a cuda device is NVDEC
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ExtractUsageError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.frame_rule not in FRAME_RULE_TEXT:
+            raise ExtractUsageError(f"--frame-rule {self.frame_rule!r}: expected one of {', '.join(FRAME_RULE_TEXT)}")
         if not self.extractors:
             raise ExtractUsageError("--extractors: expected at least one extractor name")
+        resolve_device(self.device)  # a name torch cannot read fails here, before any work
         for name, value in (("--decode-workers", self.decode_workers), ("--queue", self.queue),
                             ("--unit-clips", self.unit_clips), ("--batch-size", self.batch_size or 1)):
             if value < 1:
@@ -234,7 +254,25 @@ def _missing_weights_text(spec: Any, weights_dir: str | None, weights: Any) -> s
 
 def build_extractors(names: Sequence[str], opts: ExtractOptions, device: str | None = None) -> dict[str, Extractor]:
     """Each requested model, built once (pretrained unless ``opts.random_init``)."""
-    return {name: create_extractor(name, opts, device or opts.device) for name in names}
+    built = {name: create_extractor(name, opts, device or opts.device) for name in names}
+    audio_path_16k(built)  # one decode feeds them all: their 16 kHz audio must agree
+    return built
+
+
+def audio_path_16k(extractors: Mapping[str, Extractor]) -> str:
+    """How decode makes the 16 kHz audio for these extractors: their ``audio_path`` option.
+
+    One decode feeds every extractor of a run, so two 16 kHz extractors asking for
+    different paths are refused (run them in two ``extract`` runs).
+    """
+    from avvp_pipe.pipeline.decode.audio import DEFAULT_AUDIO_PATH
+
+    paths = {str(ex.options.get("audio_path", DEFAULT_AUDIO_PATH)) for ex in extractors.values()
+             if ex.spec.modality == "audio" and int(ex.spec.input.get("sample_rate", 0)) == 16000}
+    if len(paths) > 1:
+        raise ExtractUsageError(f"--extractors: 16 kHz extractors ask for different audio paths "
+                                f"({', '.join(sorted(paths))}); expected one per extract run")
+    return paths.pop() if paths else DEFAULT_AUDIO_PATH
 
 
 def create_extractor(name: str, opts: ExtractOptions, device: str) -> Extractor:
@@ -249,9 +287,30 @@ def create_extractor(name: str, opts: ExtractOptions, device: str) -> Extractor:
         return create(base, device=device, weights_dir=opts.weights_dir, random_init=opts.random_init, **options)
 
 
-def store_config(extractor: Extractor, precision: str) -> dict[str, Any]:
-    """The extractor's config plus the precision: both change the numbers, so both key the store."""
-    return {**extractor.config(), "precision": precision}
+def store_config(extractor: Extractor, precision: str, frame_rule: str = "official") -> dict[str, Any]:
+    """The extractor's config plus the precision and, for visual extractors, the frame rule:
+    all change the numbers, so all key the store. The aligned rule (the only one before
+    ``--frame-rule`` existed) adds nothing, so the stores it made keep their keys."""
+    cfg = {**extractor.config(), "precision": precision}
+    if extractor.spec.modality != "audio" and frame_rule != "aligned":
+        cfg["frame_rule"] = frame_rule
+    return cfg
+
+
+def decode_provenance(extractor: Extractor, opts: ExtractOptions) -> dict[str, Any]:
+    """How decode fed this extractor, in words: the frame rule (visual) or the 16 kHz path (audio)."""
+    rule = dict(DECODE_RULE)
+    if extractor.spec.modality == "audio":
+        from avvp_pipe.pipeline.decode.audio import DEFAULT_AUDIO_PATH
+
+        if int(extractor.spec.input.get("sample_rate", 0)) == 16000:
+            path = str(extractor.options.get("audio_path", DEFAULT_AUDIO_PATH))
+            rule["audio_16k"] = {"audio_path": path, "rule": AUDIO_PATH_TEXT.get(path, path)}
+        return rule
+    rule["frame_rule"] = opts.frame_rule
+    rule["rule"] = FRAME_RULE_TEXT[opts.frame_rule]
+    rule["decoder"] = "{} on {}".format(*resolve_decoder(opts.decoder, opts.device))  # the same frames on cpu
+    return rule
 
 
 def store_spec(extractor: Extractor, clips: ClipSet, opts: ExtractOptions, videos: str | None = None):
@@ -268,7 +327,7 @@ def store_spec(extractor: Extractor, clips: ClipSet, opts: ExtractOptions, video
         "random_init": opts.random_init,
         "precision": opts.precision,
         "device": opts.device,
-        "decode": dict(DECODE_RULE),
+        "decode": decode_provenance(extractor, opts),
         "videos": str(Path(videos).resolve()) if videos else None,
         "extractor_spec": spec.to_dict(),
     }
@@ -276,7 +335,8 @@ def store_spec(extractor: Extractor, clips: ClipSet, opts: ExtractOptions, video
         provenance["warning"] = ("RANDOM-INIT weights (seeded with 0): not pretrained features; "
                                  "for tests and demos only")
     return StoreSpec(dataset=clips.dataset, extractor=spec.name, modality=spec.modality,
-                     shape=tuple(extractor.out_shape), config=store_config(extractor, opts.precision),
+                     shape=tuple(extractor.out_shape),
+                     config=store_config(extractor, opts.precision, opts.frame_rule),
                      kind="random-init" if opts.random_init else "extracted", dtype=opts.dtype,
                      provenance=provenance)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from avvp_pipe.core.device import require_device
 from avvp_pipe.pipeline.extract.distributed import connect, run_dask
 from avvp_pipe.pipeline.extract.engine import Engine
 from avvp_pipe.pipeline.extract.plan import (ClipSet, ExtractOptions, RunResult, build_extractors, check_weights,
@@ -29,6 +31,8 @@ def run_extract(videos: str | os.PathLike, cache_root: str | os.PathLike, clips:
 
     names = resolve_names(opts.extractors)
     check_weights(names, opts.weights_dir, opts.random_init)
+    if scheduler is None:  # this machine's GPUs run it (in-process or a LocalCluster): decide here
+        opts = replace(opts, device=require_device(opts.device))
     if "://" not in str(cache_root):  # absolute: dask workers may run in another folder
         cache_root = Path(cache_root).resolve()
     started = time.perf_counter()

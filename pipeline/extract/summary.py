@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from avvp_pipe.core.errors import PartialFailure
+from avvp_pipe.pipeline.decode.readers import resolve_decoder
 from avvp_pipe.pipeline.extract.plan import ClipSet, ClipTask, ExtractOptions, RunResult
 
 if TYPE_CHECKING:  # torch stays out of `avvp-pipe --help`
@@ -41,6 +42,8 @@ def summarise(clips: ClipSet, stores: Mapping[str, FeatureStore], tasks: Sequenc
         "videos": videos,
         "cache": cache_root,
         "extractors": list(stores),
+        "device": _device_label(opts.device),
+        "decoder": "{} on {}".format(*resolve_decoder(opts.decoder, opts.device)),
         "options": {k: v for k, v in asdict(opts).items() if k != "extractors"},
         "clips": {
             "requested": len(clips.work_ids),
@@ -59,6 +62,14 @@ def summarise(clips: ClipSet, stores: Mapping[str, FeatureStore], tasks: Sequenc
     }
 
 
+def _device_label(device: str) -> str:
+    """``cuda:0 (NVIDIA H200)``, ``cpu``, or ``auto (each worker's own)`` when dask workers on
+    other hosts decided (the client cannot see their GPUs)."""
+    from avvp_pipe.core.device import AUTO, describe_device
+
+    return f"{AUTO} (each worker's own)" if device == AUTO else describe_device(device)
+
+
 def format_summary(summary: Mapping[str, Any], max_failures: int = 20) -> str:
     """The human view of :func:`summarise`: a table per extractor and the failure reasons."""
     from avvp_pipe.core.fmt import human_seconds, table
@@ -67,7 +78,8 @@ def format_summary(summary: Mapping[str, Any], max_failures: int = 20) -> str:
     lines = [f"extract {summary['dataset']}: {c['requested']} clips requested, {c['already_cached']} already cached, "
              f"{c['processed']} processed ({c['decoded']} decoded), {c['done']} done, {c['failed']} failed "
              f"in {human_seconds(summary['seconds'])} ({summary['clips_per_s']:.2f} clips/s, "
-             f"{summary['frames_per_s']:.1f} frames/s)", ""]
+             f"{summary['frames_per_s']:.1f} frames/s) on {summary.get('device', '?')}, "
+             f"frames read by {summary.get('decoder', '?')}", ""]
     rows = [(name, row["kind"], row["done"], row["already_cached"], row["failed"], row["store"])
             for name, row in summary["per_extractor"].items()]
     lines.append(table(("extractor", "kind", "done", "already cached", "failed", "store"), rows))

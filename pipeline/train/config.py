@@ -14,18 +14,30 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from avvp_pipe.core.device import resolve_device
 from avvp_pipe.core.errors import AvvpError
 from avvp_pipe.models.metrics import metric_names
+from avvp_pipe.models.mtsc_reading import ANCHORS as MTSC_ANCHORS
+from avvp_pipe.models.mtsc_reading import ERRORS as MTSC_ERRORS
+from avvp_pipe.models.mtsc_reading import FORMS as MTSC_FORMS
+from avvp_pipe.models.mtsc_reading import NEGATIVES as MTSC_NEGATIVES
+from avvp_pipe.models.mtsc_reading import PULLS as MTSC_PULLS
+from avvp_pipe.models.mtsc_reading import SIMDETACH as MTSC_SIMDETACH
 from avvp_pipe.pipeline.llp.annotations import SPLITS
 
 if TYPE_CHECKING:
     from avvp_pipe.models.han import HANConfig
+    from avvp_pipe.models.mtsc_reading import MTSCReading
 
 MTSC_MODES = ("off", "part", "entire")
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Fields added after run folders and select results were first keyed: a saved config without
 #: one of them ran at its default, so keys leave them out while they hold that default.
-LATER_FIELDS = ("d_model", "ffn", "heads")
+LATER_FIELDS = ("d_model", "ffn", "heads", "mtsc_form", "mtsc_temperature", "mtsc_pull", "mtsc_error",
+                "mtsc_simdetach", "mtsc_negatives")
+#: The MTSC readings' option choices (models/mtsc_reading.py owns them; the CLI reads them here).
+MTSC_CHOICES = {"mtsc_anchor": MTSC_ANCHORS, "mtsc_form": MTSC_FORMS, "mtsc_pull": MTSC_PULLS,
+                "mtsc_error": MTSC_ERRORS, "mtsc_simdetach": MTSC_SIMDETACH, "mtsc_negatives": MTSC_NEGATIVES}
 #: Fields that change where a run executes, not what it computes: never part of a key.
 NOT_KEYED = ("device",)
 
@@ -44,13 +56,19 @@ class TrainConfig:
     mtsc_weight: float = 1.0
     mtsc_decay: float = 5.0
     mtsc_anchor: str = "audio"  # audio | visual | both
+    mtsc_form: str = "regression"  # regression (Eq. 6, our reading) | infonce (Eq. 5)
+    mtsc_temperature: float = 0.1  # InfoNCE's temperature
+    mtsc_pull: str = "squared"  # same-second terms: squared (s_ii - 1)^2 | linear 1 - s_ii
+    mtsc_error: str = "squared"  # other seconds against their target: squared | absolute
+    mtsc_simdetach: str = "head"  # simdetach on: head (g's outputs) | projected (before g) | raw (stored)
+    mtsc_negatives: str = "clip"  # contrast within each clip | across the batch's clips
     keep_visual_head: bool | None = None  # None -> on iff mtsc != "off"
     dropout: float = 0.1
     train_split: str = "train"
     select_split: str = "val"
     eval_split: str = "test"
     select_metric: str = "segment.type_at_av"  # dotted key into evaluate's JSON, or "average"
-    device: str = "cpu"
+    device: str = "auto"  # resolved in __post_init__: the first visible CUDA device, else cpu
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on cuda; bf16 autocast on cpu)
     deterministic: bool = True
     d_model: int = 512  # HAN width (the release's); input widths come from the stores
@@ -60,8 +78,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         import torch  # here, not at import: the CLI reads this module's choices without torch
 
-        from avvp_pipe.models.mtsc import ANCHORS
-
         need = _need
         need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
         for option in ("batch_size", "step_size", "d_model", "ffn", "heads"):
@@ -70,7 +86,16 @@ class TrainConfig:
         need(self.d_model % self.heads == 0, "heads", f"a divisor of --d-model {self.d_model}", self.heads)
         need(self.lr > 0, "lr", "a number > 0", self.lr)
         need(self.mtsc in MTSC_MODES, "mtsc", f"one of {', '.join(MTSC_MODES)}", self.mtsc)
-        need(self.mtsc_anchor in ANCHORS, "mtsc-anchor", f"one of {', '.join(ANCHORS)}", self.mtsc_anchor)
+        for option, choices in MTSC_CHOICES.items():
+            value = getattr(self, option)
+            need(value in choices, option.replace("_", "-"), f"one of {', '.join(choices)}", value)
+        need(isinstance(self.mtsc_temperature, (int, float)) and 0 < self.mtsc_temperature < float("inf"),
+             "mtsc-temperature", "a finite number > 0", self.mtsc_temperature)
+        if self.mtsc != "off":
+            self.mtsc_reading()  # raises on an option this reading ignores (e.g. --mtsc-pull with infonce)
+        changed = [f for f in LATER_FIELDS if f.startswith("mtsc_") and getattr(self, f) != _DEFAULTS[f]]
+        need(self.mtsc != "off" or not changed, "mtsc", f"part or entire for --{changed[0].replace('_', '-')}"
+             if changed else "", self.mtsc)
         need(self.mtsc_weight >= 0, "mtsc-weight", "a number >= 0", self.mtsc_weight)
         need(self.mtsc_decay >= 0, "mtsc-decay", "a number >= 0", self.mtsc_decay)
         need(0 <= self.dropout < 1, "dropout", "a number in [0, 1)", self.dropout)
@@ -80,9 +105,21 @@ class TrainConfig:
         need(self.select_metric in metric_names(), "select-metric", f"one of {', '.join(metric_names())}",
              self.select_metric)
         need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
-        device = torch.device(self.device)  # raises on nonsense like "gpu"
+        # Resolved once, here: config.json and select's results then say which device ran.
+        self.device = resolve_device(self.device)
+        device = torch.device(self.device)
         need(not (device.type == "cpu" and self.precision == "fp16"), "precision",
              "fp32 or bf16 on cpu (fp16 autocast needs cuda)", self.precision)
+
+    def mtsc_reading(self) -> MTSCReading:
+        """The MTSC reading this run trains with (``mtsc`` must not be off)."""
+        from avvp_pipe.models.mtsc_reading import MTSCReading
+
+        if self.mtsc == "off":
+            raise AvvpError("--mtsc off: expected part or entire for an MTSC reading but got off")
+        return MTSCReading(variant=self.mtsc, decay=self.mtsc_decay, anchor=self.mtsc_anchor, form=self.mtsc_form,
+                           temperature=self.mtsc_temperature, pull=self.mtsc_pull, error=self.mtsc_error,
+                           simdetach=self.mtsc_simdetach, negatives=self.mtsc_negatives)
 
     def resolved(self) -> TrainConfig:
         """A copy with ``keep_visual_head`` decided (on iff MTSC is on, unless set)."""

@@ -47,7 +47,7 @@ from avvp_pipe.core.io import atomic_torch_save, load_torch
 from avvp_pipe.core.progress import Progress
 from avvp_pipe.models import grouped
 from avvp_pipe.models.han import HAN, HANConfig
-from avvp_pipe.models.mtsc import mtsc_loss
+from avvp_pipe.models.mtsc import mtsc_loss, raw_features
 from avvp_pipe.models.objective import han_bce_loss
 from avvp_pipe.pipeline.evaluate.scores import evaluate_predictions
 from avvp_pipe.pipeline.llp.annotations import Annotations
@@ -154,9 +154,18 @@ def loss_terms(model: HAN, head: nn.Module | None, audio: Tensor, visual: Tensor
     if config.mtsc == "off":
         return bce, bce, None
     g = head if head is not None else model.mtsc_head
-    mtsc = mtsc_loss(a.float(), v.float(), g, variant=config.mtsc, decay=config.mtsc_decay,
-                     anchor=config.mtsc_anchor)
+    mtsc = member_mtsc(a, v, g, (audio, visual, visual_3d), config)
     return bce + config.mtsc_weight * mtsc, bce, mtsc
+
+
+def member_mtsc(a: Tensor, v: Tensor, head: nn.Module, inputs: tuple[Tensor, Tensor, Tensor | None],
+                config: TrainConfig) -> Tensor:
+    """One member's MTSC loss in fp32: a, v (B, T, d) before HAN, ``inputs`` the batch's stored
+    features (B, T, D) (read only by simdetach "raw"). loss_terms (K = 1) and group_loss (K > 1)
+    both call this, so the readings cannot drift between a run alone and a grouped one."""
+    reading = config.mtsc_reading()
+    raw = raw_features(*inputs) if reading.simdetach == "raw" else None  # (B, T, Da), (B, T, Dv [+ D3])
+    return mtsc_loss(a.float(), v.float(), head, reading, raw=raw)
 
 
 def training_loss(model: HAN, head: nn.Module | None, audio: Tensor, visual: Tensor, visual_3d: Tensor | None,
@@ -358,8 +367,8 @@ def group_loss(params: Mapping[str, Tensor], audio: Tensor, visual: Tensor, visu
             continue
         name = "head" if "head.weight" in params else "model.visual_head"
         g = grouped.SliceLinear(params[f"{name}.weight"][i], params[f"{name}.bias"][i])
-        mtsc = mtsc_loss(a[i].float(), v[i].float(), g, variant=config.mtsc, decay=config.mtsc_decay,
-                         anchor=config.mtsc_anchor)
+        inputs = (audio[i], visual[i], None if visual_3d is None else visual_3d[i])  # zero-padded (B, T, D)
+        mtsc = member_mtsc(a[i], v[i], g, inputs, config)
         rows.append(torch.stack([bce + config.mtsc_weight * mtsc, bce, mtsc]))
     return torch.stack(rows)  # (K, 3)
 
@@ -547,10 +556,11 @@ def run_epoch(state: GroupState, splits: Splits, annotations: Annotations, confi
 
 
 def _select(run: _Run, split: DeviceSplit, annotations: Annotations, config: TrainConfig, epoch: int) -> float:
-    """The member's select score; a better one keeps this epoch's weights (ties keep the earlier)."""
+    """The member's select score; a better or equal one keeps this epoch's weights (a tie keeps
+    the later epoch, as the official ``main()``'s ``if F >= best_F``)."""
     pred = predict_on_device(run.model, split, config)
     score = metric_value(evaluate_predictions(pred, annotations, config.select_split), config.select_metric)
-    if score > run.best_score:
+    if score >= run.best_score:
         run.best_epoch, run.best_score = epoch, score
         run.best_model, run.best_head = _cpu_state(run.model), _cpu_state(run.head)
     return score
@@ -627,6 +637,6 @@ def train_group(members: Sequence[Member], annotations: Annotations, config: Tra
 
 
 __all__ = ["Member", "TrainResult", "GroupState", "init_model", "batch_order", "to_device", "DeviceSplit",
-           "autocast_for", "loss_terms", "training_loss", "predict_on_device", "predict", "metric_value",
+           "autocast_for", "loss_terms", "member_mtsc", "training_loss", "predict_on_device", "predict", "metric_value",
            "determinism", "new_state", "save_checkpoint", "load_checkpoint", "train_epoch", "run_epoch",
            "finish", "fit", "check_members", "train_group", "can_group", "padded_dims", "group_loss"]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from avvp_pipe.core.device import describe_device, require_device
 from avvp_pipe.core.errors import AvvpError
 from avvp_pipe.core.fmt import human_seconds
 from avvp_pipe.core.io import atomic_torch_save, atomic_write_json, load_torch, read_json, save_figure
@@ -256,6 +257,7 @@ def train_run(cache: str, dataset: str, annotations_dir: str | Path, audio: str,
     from avvp_pipe.pipeline.train.pairing import load_pairing, open_pairing_stores
 
     config = config.resolved()
+    require_device(config.device)  # `--device cuda` without a GPU: one line now, not a torch error later
     annotations = load_annotations(annotations_dir)
     stores = open_pairing_stores(cache, dataset, audio, visual, visual_3d, allow_random_init=allow_random_init,
                                  allow_simulated=allow_simulated)
@@ -306,11 +308,12 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def summary(result: TrainResult) -> str:
-    """The final table: eval scores of the best epoch, the best epoch and the time."""
+def summary(result: TrainResult, device: str | None = None) -> str:
+    """The final table: eval scores of the best epoch, the best epoch, the time and the device."""
     split = result.scores.get("split", "eval")
+    on = f" on {describe_device(device)}" if device else ""
     lines = [f"{split} split, best epoch {result.best_epoch} (select score {result.best_score:.2f}), "
-             f"{len(result.history)} epochs in {human_seconds(result.seconds)}",
+             f"{len(result.history)} epochs in {human_seconds(result.seconds)}{on}",
              format_table(result.scores)]
     if result.out_dir is not None:
         lines.append(f"run dir: {result.out_dir}")

@@ -94,7 +94,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n[{number}/{len(plan)}] {title}\n$ avvp-pipe {shlex.join(command)}", flush=True)
         run_stage(command)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; everything is under {out}/")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,111 @@
+"""Benchmark stage three as a measuring instrument: every method's agreement with traversal (not a test).
+
+On simulated stores of known quality (benchmarks/select_pairings.py's 2 audio x 5 visual
+extractors at real widths, LLP's split proportions), one ``run_select`` with
+``--validate`` runs the traditional protocol (F2, the reference), the upper bound (F1) with
+``--seeds`` K, and the training-free panel, with ``--bootstrap`` B resamples of the test
+clips. It prints, per method: Kendall tau vs F2 with its 95% interval, top-1 agreement,
+relative top-1, and seconds; and the cost of K upper-bound seeds against ONE traditional
+training of one pairing (timed alone first).
+
+    .venv/bin/python benchmarks/selection_panel.py --clips 1200 --epochs 3 --seeds 3 --bootstrap 200
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [os.path.dirname(_HERE)]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from benchmarks.select_pairings import AUDIO, LLP_FRACTIONS, VISUAL, names  # noqa: E402
+
+PANEL = "upper-bound,logme,hscore,transrate,knn,cca"
+
+
+def one_traditional(cache: str, ann, config, cands) -> float:
+    """Seconds to train and score ONE pairing the usual way (train / val / test)."""
+    from avvp_pipe.pipeline.train import load_pairing, train_pairing
+    from avvp_pipe.selection.upper_bound import protocol_config
+
+    cfg = protocol_config(config, "traditional", config.select_metric)
+    started = time.perf_counter()
+    data = load_pairing(cache, "bench", ann, ["train", "val", "test"], audio=cands.audio[0], visual=cands.visual[0],
+                        allow_simulated=True)
+    train_pairing(data, ann, cfg, progress=False)
+    return time.perf_counter() - started
+
+
+def table(ranking: dict) -> list[dict]:
+    """Per method: tau vs F2 (and interval), top-1 agreement, relative top-1, seconds."""
+    rows = []
+    for key, agreement in sorted(ranking["agreement"].items()):
+        if not key.endswith("_vs_f2"):
+            continue
+        method = key[: -len("_vs_f2")]
+        seconds = ranking["time"].get({"f1": "upper-bound"}.get(method, method), {}).get("seconds")
+        rows.append({"method": method, "kendall_tau": agreement.get("kendall_tau"),
+                     "kendall_tau_ci95": agreement.get("kendall_tau_ci95"), "top1_agree": agreement.get("top1_agree"),
+                     "relative_top1": agreement.get("relative_top1"), "seconds": seconds})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=1200, help="clips in the synthetic dataset (LLP: 11849)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--json", default=None, help="also write the report here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*simulated features.*")
+
+    from avvp_pipe.pipeline.train import TrainConfig
+    from avvp_pipe.selection.upper_bound import Candidates, SelectOptions, run_select
+    from tests.featuresets import make_annotations, make_cache
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_panel_"))
+    ann = make_annotations(work / "ann", n_clips=args.clips, fractions=LLP_FRACTIONS)
+    cache = make_cache(work / "cache", ann, AUDIO + VISUAL, dataset="bench")
+    config = TrainConfig(epochs=args.epochs, device=args.device)
+    cands = Candidates(cache, "bench", names(AUDIO), names(VISUAL), allow_simulated=True)
+    one = one_traditional(cache, ann, config, cands)
+    options = SelectOptions(method=PANEL, validate=True, seeds=args.seeds, bootstrap=args.bootstrap, overwrite=True)
+    started = time.perf_counter()
+    ranking = run_select(cands, ann, config, str(work / "out"), options, notify=lambda m: None)
+    total = time.perf_counter() - started
+    upper = ranking["time"].get("upper-bound", {}).get("seconds")
+    report = {
+        "clips": {s: len(ann.split_ids(s)) for s in ("train", "val", "test")}, "epochs": args.epochs,
+        "seeds": args.seeds, "bootstrap": args.bootstrap, "device": args.device,
+        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "one_traditional_training_s": round(one, 2), "select_total_s": round(total, 1),
+        "upper_bound_k_seeds_s": upper, "upper_bound_k_seeds_over_one_traditional":
+            round(upper / one, 2) if upper else None,
+        "methods": table(ranking), "truth_order_top": [r["pairing"] for r in ranking["pairings"][:3]],
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        from avvp_pipe.core.io import atomic_write_json
+
+        atomic_write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    main()
