@@ -6,7 +6,9 @@ extractors at real widths, LLP's split proportions), one ``run_select`` with
 ``--seeds`` K, and the training-free panel, with ``--bootstrap`` B resamples of the test
 clips. It prints, per method: Kendall tau vs F2 with its 95% interval, top-1 agreement,
 relative top-1, and seconds; and the cost of K upper-bound seeds against ONE traditional
-training of one pairing (timed alone first).
+training of one pairing (timed alone first). Seconds per method are the ones each saved
+result recorded when it ran (OUT/pairings/*.json), so a run resumed with ``--resume`` (same
+``--workdir``) reports what the whole work cost, not only what was left.
 
     .venv/bin/python benchmarks/selection_panel.py --clips 1200 --epochs 3 --seeds 3 --bootstrap 200
 """
@@ -47,17 +49,27 @@ def one_traditional(cache: str, ann, config, cands) -> float:
     return time.perf_counter() - started
 
 
-def table(ranking: dict) -> list[dict]:
-    """Per method: tau vs F2 (and interval), top-1 agreement, relative top-1, seconds."""
+def recorded_seconds(out: Path) -> dict[str, float]:
+    """protocol -> seconds summed over its saved results (trained runs and bootstrap samples alike)."""
+    totals: dict[str, float] = {}
+    for path in (out / "pairings").glob("*.json"):
+        record = json.loads(path.read_text())
+        totals[record["protocol"]] = totals.get(record["protocol"], 0.0) + float(record.get("seconds") or 0.0)
+    return {k: round(v, 1) for k, v in sorted(totals.items())}
+
+
+def table(ranking: dict, seconds: dict[str, float]) -> list[dict]:
+    """Per method: tau vs F2 (and interval), top-1 agreement, relative top-1, recorded seconds."""
     rows = []
     for key, agreement in sorted(ranking["agreement"].items()):
         if not key.endswith("_vs_f2"):
             continue
         method = key[: -len("_vs_f2")]
-        seconds = ranking["time"].get({"f1": "upper-bound"}.get(method, method), {}).get("seconds")
+        protocol = {"f1": "upper-bound"}.get(method, method)
         rows.append({"method": method, "kendall_tau": agreement.get("kendall_tau"),
                      "kendall_tau_ci95": agreement.get("kendall_tau_ci95"), "top1_agree": agreement.get("top1_agree"),
-                     "relative_top1": agreement.get("relative_top1"), "seconds": seconds})
+                     "relative_top1": agreement.get("relative_top1"), "seconds": seconds.get(protocol),
+                     "bootstrap_seconds": seconds.get(f"{protocol}-bootstrap")})
     return rows
 
 
@@ -71,6 +83,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", default=None, help="also write the report here")
+    parser.add_argument("--resume", action="store_true", help="keep the results already in --workdir")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,16 +94,23 @@ def main() -> None:
     from tests.featuresets import make_annotations, make_cache
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_panel_"))
-    ann = make_annotations(work / "ann", n_clips=args.clips, fractions=LLP_FRACTIONS)
-    cache = make_cache(work / "cache", ann, AUDIO + VISUAL, dataset="bench")
+    if args.resume:
+        from avvp_pipe.pipeline.llp import load_annotations
+
+        ann, cache = load_annotations(work / "ann"), str(work / "cache")
+    else:
+        ann = make_annotations(work / "ann", n_clips=args.clips, fractions=LLP_FRACTIONS)
+        cache = make_cache(work / "cache", ann, AUDIO + VISUAL, dataset="bench")
     config = TrainConfig(epochs=args.epochs, device=args.device)
     cands = Candidates(cache, "bench", names(AUDIO), names(VISUAL), allow_simulated=True)
     one = one_traditional(cache, ann, config, cands)
-    options = SelectOptions(method=PANEL, validate=True, seeds=args.seeds, bootstrap=args.bootstrap, overwrite=True)
+    options = SelectOptions(method=PANEL, validate=True, seeds=args.seeds, bootstrap=args.bootstrap,
+                            overwrite=not args.resume)
     started = time.perf_counter()
     ranking = run_select(cands, ann, config, str(work / "out"), options, notify=lambda m: None)
     total = time.perf_counter() - started
-    upper = ranking["time"].get("upper-bound", {}).get("seconds")
+    seconds = recorded_seconds(work / "out")
+    upper = seconds.get("upper-bound")
     report = {
         "clips": {s: len(ann.split_ids(s)) for s in ("train", "val", "test")}, "epochs": args.epochs,
         "seeds": args.seeds, "bootstrap": args.bootstrap, "device": args.device,
@@ -98,7 +118,7 @@ def main() -> None:
         "one_traditional_training_s": round(one, 2), "select_total_s": round(total, 1),
         "upper_bound_k_seeds_s": upper, "upper_bound_k_seeds_over_one_traditional":
             round(upper / one, 2) if upper else None,
-        "methods": table(ranking), "truth_order_top": [r["pairing"] for r in ranking["pairings"][:3]],
+        "recorded_seconds": seconds, "methods": table(ranking, seconds), "truth_order_top": [r["pairing"] for r in ranking["pairings"][:3]],
     }
     print(json.dumps(report, indent=2))
     if args.json:

@@ -319,12 +319,17 @@ def _audio_only_mp4(path: Path, seconds: float = 10.0, rate: int = 44100) -> Non
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("aac", rate=rate)
         stream.layout = "mono"
+        frames = []
         for start in range(0, tone.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(tone[:, start : start + 1024], format="flt", layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
+            frames.append(av.AudioFrame.from_ndarray(tone[:, start : start + 1024], format="flt", layout="mono"))
+            frames[-1].sample_rate = rate
+        _mux(container, stream, frames)
+
+
+def _mux(container, stream, frames) -> None:
+    """Encode ``frames`` into ``stream``, flush the encoder, mux every packet."""
+    for frame in [*frames, None]:
+        for packet in stream.encode(frame):
             container.mux(packet)
 
 
@@ -458,16 +463,13 @@ def _vfr_mp4(path: Path) -> None:
         stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.codec_context.time_base = Fraction(1, 600)
-        t = 0
+        frames, t = [], 0
         for fps, seconds in ((30, 2), (15, 3), (25, 5)):
             for _ in range(fps * seconds):
-                frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), t % 255, np.uint8), format="rgb24")
-                frame.pts, frame.time_base = t, Fraction(1, 600)
-                for packet in stream.encode(frame):
-                    container.mux(packet)
+                frames.append(av.VideoFrame.from_ndarray(np.full((48, 64, 3), t % 255, np.uint8), format="rgb24"))
+                frames[-1].pts, frames[-1].time_base = t, Fraction(1, 600)
                 t += 600 // fps
-        for packet in stream.encode(None):
-            container.mux(packet)
+        _mux(container, stream, frames)
 
 
 def test_variable_frame_rate_clip_is_noted_in_its_record(tmp_path):

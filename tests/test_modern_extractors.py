@@ -409,3 +409,32 @@ def test_new_extractors_through_extract_and_pairing(tmp_path):
     assert stores["timm:convnext_tiny"].config["weights"]["identity"] == "random-init"
     np.testing.assert_allclose(read_per_second(stores["clip_vit_b16"], ["clip0000000"])[0],
                                stores["clip_vit_b16"].read(["clip0000000"])[0], rtol=0, atol=0)
+
+
+def test_new_stores_export_and_analyze_like_any_other(tmp_path):
+    """Downstream takes the new widths and frame counts: export-npy writes (10, D) files, and
+    analyze probes a 1-fps CLIP store next to a CLAP store (via the real CLI)."""
+    from click.testing import CliRunner
+
+    from avvp_pipe.cache.store import list_stores
+    from avvp_pipe.pipeline.cli import cli
+    from avvp_pipe.pipeline.synth.clips import synthesize
+
+    synthesize(tmp_path / "s", 6, seed=5, size=(96, 72), split_fractions=(0.2, 0.1, 0.7), workers=1,
+               progress=False)  # clips + their annotation files, most in test (the probe splits them)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["extract", "--videos", str(tmp_path / "s" / "videos"), "--cache", str(tmp_path / "c"),
+                                 "--extractors", "clip_vit_b16[fps=1],clap[mode=clip]", "--random-init", "--batch-size", "10",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    stores = {s.extractor: s for s in list_stores(str(tmp_path / "c"))}
+    out = tmp_path / "npy"
+    exported = runner.invoke(cli, ["cache", "export-npy", stores["clip_vit_b16"].url, str(out), "--allow-unreal"])
+    assert exported.exit_code == 0, exported.output
+    files = sorted(out.glob("*.npy"))
+    assert len(files) == 6 and all(np.load(f).shape == (10, 512) for f in files)
+    probe = runner.invoke(cli, ["analyze", "probe", "--cache", str(tmp_path / "c"), "--dataset", "s",
+                                "--stores", "clip_vit_b16,clap", "--annotations", str(tmp_path / "s" / "annotations"),
+                                "--allow-random-init", "--out", str(tmp_path / "an"), "--split", "test"])
+    assert probe.exit_code == 0, probe.output
+    assert "Traceback" not in probe.output
