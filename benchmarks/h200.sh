@@ -25,6 +25,8 @@
 #     --platform manylinux_2_28_x86_64 -d .whl zarr==3.1.6 numcodecs donfig google-crc32c dask \
 #     distributed partd locket zict tblib tornado librosa audioread soundfile soxr resampy pooch \
 #     platformdirs decorator cffi pycparser decord av==13.1.0 pretrainedmodels munch torchvggish
+#   (the CLIP/CLAP/timm extractors import transformers and safetensors lazily: add those wheels,
+#   and torchcodec for --decoder torchcodec, only if a run uses them; check the 64 MiB carry limit)
 #   then rewrite the av, decord and numcodecs wheels member by member with Python's
 #   zipfile.ZIP_LZMA (pip installs them; ~50 MiB in all instead of ~80).
 #
