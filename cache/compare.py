@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from avvp_pipe.cache.store import open_store
-from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.core.errors import AvvpError, one_line
 from avvp_pipe.core.io import atomic_path
 
 #: Percentiles the summary reports for each per-clip measure.
@@ -104,7 +104,7 @@ def _one_clip(cid: str, row: np.ndarray, path: Path) -> dict[str, Any]:
         ref = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         return {"clip": cid, "store_shape": list(row.shape), "file_shape": None, "shape_match": False,
-                "error": f"{path.name}: {' '.join(str(err).split())[:200]}", **dict.fromkeys(MEASURES)}
+                "error": f"{path.name}: {one_line(err, 200)}", **dict.fromkeys(MEASURES)}
     record = {"clip": cid, "store_shape": list(row.shape), "file_shape": list(ref.shape),
               "shape_match": tuple(ref.shape) == tuple(row.shape)}
     if not record["shape_match"]:

@@ -45,7 +45,7 @@ import zarr
 
 from avvp_pipe.cache import layout
 from avvp_pipe.cache.layout import array_options, consolidate, write_coordinates
-from avvp_pipe.core.errors import AvvpError, PartialFailure, StoreError
+from avvp_pipe.core.errors import AvvpError, PartialFailure, StoreError, one_line
 from avvp_pipe.core.io import atomic_write_bytes, atomic_write_url
 
 log = logging.getLogger(__name__)
@@ -692,7 +692,7 @@ def _check_array_document(url: str, name: str) -> None:
 
 
 def _metadata_error(url: str, file: str, err: BaseException) -> str:
-    reason = " ".join(str(err).split())[:160] or type(err).__name__
+    reason = one_line(err, 160)
     return (f"{_join(url, file)}: expected zarr metadata JSON but cannot read it ({reason}); "
             f"the feature chunks are untouched: restore that file or re-create the store")
 

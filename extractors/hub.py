@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from avvp_pipe.core.errors import WeightsError
+from avvp_pipe.core.errors import WeightsError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def fetch(name: str, spec_entry: Mapping[str, Any], weights_dir: str | Path | No
     try:
         return Path(hf_hub_download(repo, file, revision=spec_entry.get("revision", "main")))
     except Exception as err:  # network, HTTP, auth or disk failure: all mean "no weights"
-        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        reason = one_line(err)
         raise WeightsError(f"Weights file {file!r} of Hugging Face repo {repo!r} for extractor {name!r} is "
                            f"not in the Hugging Face cache and downloading it failed ({reason}); download "
                            f"it by hand (`hf download {repo} {file}`) or pass --weights-dir DIR holding "
@@ -109,4 +109,4 @@ def load_safetensors(path: Path, name: str) -> dict[str, Any]:
         return load_file(str(path), device="cpu")
     except Exception as err:
         raise WeightsError(f"Weights file {path} for extractor {name!r} cannot be read as safetensors "
-                           f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from err
+                           f"({type(err).__name__}: {one_line(err, 200)})") from err

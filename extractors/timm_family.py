@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from avvp_pipe.core.errors import AvvpError, WeightsError
+from avvp_pipe.core.errors import AvvpError, WeightsError, one_line
 from avvp_pipe.extractors import hub, preprocess, weights
 from avvp_pipe.extractors.base import Extractor
 from avvp_pipe.extractors.registry import ExtractorSpec, register, register_resolver
@@ -185,7 +185,7 @@ def build_timm_model(spec: ExtractorSpec, *, weights_dir: Path | None, random_in
                                   **create_kwargs)
     except Exception as err:  # unreadable file or keys/shapes that do not fit
         raise WeightsError(f"Weights file {path} does not fit extractor {spec.name!r} "
-                           f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
+                           f"({type(err).__name__}: {one_line(err)})") from err
     return model, identity
 
 

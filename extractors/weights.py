@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from avvp_pipe.core.errors import WeightsError
+from avvp_pipe.core.errors import WeightsError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def fetch(name: str, entry: Mapping[str, Any], weights_dir: str | Path | None = 
     try:
         download(url, path, hash_prefix=entry.get("sha256_prefix"), timeout_s=timeout_s)
     except Exception as err:  # network, HTTP, disk or hash failure: all mean "no weights"
-        reason = " ".join(str(err).split()) or type(err).__name__
+        reason = one_line(err, limit=10_000)
         raise WeightsError(f"Weights file {file!r} for extractor {name!r} is not in {path.parent} and "
                            f"downloading {url} failed ({reason}); download it by hand into that folder "
                            f"or pass --weights-dir DIR holding it") from err
@@ -168,7 +168,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
         names = _pickled_globals(path)
         if names is None:
             raise WeightsError(f"Weights file {path} cannot be read as a PyTorch checkpoint "
-                               f"({type(first).__name__}: {_first_line(first)})") from first
+                               f"({type(first).__name__}: {one_line(first, 200)})") from first
         refused = sorted(names - NUMPY_ARRAY_GLOBALS)
         if refused or not names:
             raise WeightsError(f"Weights file {path} pickles {', '.join(refused[:5]) or 'objects'}: refused, "
@@ -178,14 +178,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
                 return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
             raise WeightsError(f"Weights file {path} cannot be read as a PyTorch checkpoint of tensors "
-                               f"and numpy arrays ({type(err).__name__}: {_first_line(err)})") from err
-
-
-def _first_line(err: BaseException) -> str:
-    """The start of an error's message, one line, without terminal escape codes."""
-    import re
-
-    return re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(err).split()))[:200]
+                               f"and numpy arrays ({type(err).__name__}: {one_line(err, 200)})") from err
 
 
 def _pickled_globals(path: Path) -> set[str] | None:
@@ -221,7 +214,7 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
         missing, unexpected = model.load_state_dict(kept, strict=False, assign=True)
     except RuntimeError as err:  # shape mismatch
         raise WeightsError(f"Weights file {source} does not fit extractor {name!r}: "
-                           f"{' '.join(str(err).split())[:300]}") from err
+                           f"{one_line(err)}") from err
     if missing or unexpected:
         raise WeightsError(f"Weights file {source} does not fit extractor {name!r}: "
                            f"{len(missing)} missing keys {missing[:3]}, "

@@ -34,6 +34,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from avvp_pipe.core import device as core_device
 from avvp_pipe.core.errors import AvvpError
 
 MATCHES = ("any", "exact")
@@ -46,10 +47,8 @@ Progress = Callable[[int], None]
 
 
 def resolve_device(device: str | None = None) -> torch.device:
-    """``None``/"auto": CUDA when available, else CPU; anything else as torch reads it."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """:func:`avvp_pipe.core.device.resolve_device` (``None``/"auto": CUDA when available, else CPU) as a torch.device."""
+    return torch.device(core_device.resolve_device(device))
 
 
 def block_rows(n_candidates: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:

@@ -61,3 +61,12 @@ def os_error_line(err: OSError) -> str:
     if err.filename2 is not None:
         where = f"{err.filename} -> {err.filename2}"
     return f"{where}: {what}" if where else what
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """A library's error text on one short line: whitespace collapsed (decord's and torch's
+    span several lines), terminal colour codes dropped, cut at ``limit``; its type if empty."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(err).split())) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -104,14 +104,14 @@ def load_torch(path: str | os.PathLike, what: str, map_location: Any = "cpu") ->
 
     import torch
 
-    from avvp_pipe.core.errors import AvvpError
+    from avvp_pipe.core.errors import AvvpError, one_line
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise AvvpError(f"{path}: expected {what} but the file is missing") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as err:
-        reason = " ".join(str(err).split()).split(". ")[0][:160] or type(err).__name__
+        reason = one_line(err, 160).split(". ")[0]
         raise AvvpError(f"{path}: expected {what} (tensors only) but cannot load it ({type(err).__name__}: "
                         f"{reason}); nothing was run from it. Rerun with --overwrite to start over") from None
 

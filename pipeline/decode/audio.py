@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avvp_pipe.core.errors import ClipError
+from avvp_pipe.core.errors import ClipError, one_line
 
 #: How decode makes ``audio_16k``: "moviepy" replays the official wavs (the default);
 #: "soxr" resamples the channel mean with a proper low-pass filter (soxr HQ).
@@ -68,6 +68,16 @@ def header_duration(duration_us: int) -> float:
     return sum(mult * part for mult, part in zip((1, 60, 3600), reversed(parts)))
 
 
+def open_av(path: str):
+    """``av.open(path)``; a file PyAV cannot open is one ClipError naming it (decode and audio share it)."""
+    import av
+
+    try:
+        return av.open(path)
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise ClipError(f"{path}: expected a readable video file but could not open it ({one_line(err)})") from err
+
+
 def read_stream(path: str) -> ReaderStream:
     """Decode the first audio stream to 44.1 kHz stereo int16, as moviepy's ffmpeg pipe does.
 
@@ -77,11 +87,7 @@ def read_stream(path: str) -> ReaderStream:
     """
     import av
 
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, OSError) as err:
-        raise ClipError(f"{path}: expected a readable video file but could not open it ({_one_line(err)})") from err
-    with container:
+    with open_av(path) as container:
         if not container.streams.audio:
             raise ClipError(f"{path}: expected an audio stream but found none")
         if container.duration is None:
@@ -94,8 +100,6 @@ def read_stream(path: str) -> ReaderStream:
         return ReaderStream(data, header_duration(int(container.duration)))
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]
 
 
 def _decoded_frames(container, path: str) -> list:
@@ -110,7 +114,7 @@ def _decoded_frames(container, path: str) -> list:
                 end_pts = max(end_pts or packet.pts, packet.pts + packet.duration)
             frames.extend(packet.decode())
     except av.FFmpegError as err:
-        raise ClipError(f"{path}: corrupt audio stream ({_one_line(err)})") from err
+        raise ClipError(f"{path}: corrupt audio stream ({one_line(err)})") from err
     if frames and end_pts is not None and frames[-1].pts is not None:
         frames[-1] = _cut(frames[-1], end_pts, stream.time_base)
     return frames

@@ -63,9 +63,9 @@ from typing import Any
 
 import numpy as np
 
-from avvp_pipe.core.errors import AvvpError, ClipError
+from avvp_pipe.core.errors import AvvpError, ClipError, one_line
 from avvp_pipe.core.io import atomic_path
-from avvp_pipe.pipeline.decode.audio import DEFAULT_AUDIO_PATH, check_audio_path, official_16k, soxr_16k
+from avvp_pipe.pipeline.decode.audio import DEFAULT_AUDIO_PATH, check_audio_path, official_16k, open_av, soxr_16k
 from avvp_pipe.pipeline.decode.readers import DEFAULT_DECODER, read_frames, resolve_decoder
 
 #: Audio rates a DecodedClip carries (VGGish-style 16 kHz, PANNs/CLAP-style 48 kHz).
@@ -263,19 +263,6 @@ class _Timeline:
     has_audio: bool
 
 
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    """A library's error text on one short line (decord's span several with timestamps)."""
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _open_av(path: str):
-    import av
-
-    try:
-        return av.open(path)
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
-        raise ClipError(f"{path}: expected a readable video file but could not open it ({_one_line(err)})") from err
 
 
 def _read_timeline(path: str) -> _Timeline | None:
@@ -283,7 +270,7 @@ def _read_timeline(path: str) -> _Timeline | None:
     None for a file without a video stream (audio only)."""
     import av
 
-    with _open_av(path) as container:
+    with open_av(path) as container:
         if not container.streams.video:
             if not container.streams.audio:
                 raise ClipError(f"{path}: expected a video or an audio stream but found neither")
@@ -299,7 +286,7 @@ def _read_timeline(path: str) -> _Timeline | None:
                 if pkt.pts is not None and pkt.size > 0:
                     packets.append((pkt.pts + offset, pkt.duration or 0))
         except av.FFmpegError as err:
-            raise ClipError(f"{path}: corrupt video stream ({_one_line(err)})") from err
+            raise ClipError(f"{path}: corrupt video stream ({one_line(err)})") from err
         if not packets:
             raise ClipError(f"{path}: expected video frames but the stream has none")
         packets.sort()
@@ -349,7 +336,7 @@ def _read_resampled(path: str, seconds: float, rates: Sequence[int]) -> tuple[di
     import av
     import soxr
 
-    with _open_av(path) as container:
+    with open_av(path) as container:
         stream = container.streams.audio[0]
         native = stream.codec_context.sample_rate
         need = int(math.ceil(seconds * native)) + 1024  # a little beyond, for the resampler
@@ -361,7 +348,7 @@ def _read_resampled(path: str, seconds: float, rates: Sequence[int]) -> tuple[di
                 chunks.append(_to_float(x).mean(axis=0))  # (n,) mono: mean of channels
                 total += frame.samples
         except av.FFmpegError as err:
-            raise ClipError(f"{path}: corrupt audio stream ({_one_line(err)})") from err
+            raise ClipError(f"{path}: corrupt audio stream ({one_line(err)})") from err
     mono = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)  # (total,)
     source_seconds = total / native
     mono = mono[:need]
@@ -532,7 +519,7 @@ def _worker_main(read_fd: int, write_fd: int, reader: str = "decord") -> None:
         except AvvpError as err:
             replies.send(("err", err))
         except Exception as err:  # noqa: BLE001 - reported to the parent as a ClipError
-            replies.send(("err", ClipError(f"{args[0] if args else '?'}: {type(err).__name__}: {_one_line(err)}")))
+            replies.send(("err", ClipError(f"{args[0] if args else '?'}: {type(err).__name__}: {one_line(err)}")))
 
 
 class _Worker:
@@ -553,7 +540,7 @@ class _Worker:
         except OSError as err:
             os.close(req_w)
             os.close(rep_r)
-            raise ClipError(f"could not start a decode worker ({_one_line(err)})") from err
+            raise ClipError(f"could not start a decode worker ({one_line(err)})") from err
         finally:
             os.close(req_r)  # the worker's ends; the parent keeps only its own
             os.close(rep_w)

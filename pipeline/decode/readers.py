@@ -22,7 +22,7 @@ import functools
 
 import numpy as np
 
-from avvp_pipe.core.errors import AvvpError, ClipError
+from avvp_pipe.core.errors import AvvpError, ClipError, one_line
 
 DECODERS = ("auto", "decord", "torchcodec")
 DEFAULT_DECODER = "auto"
@@ -86,15 +86,13 @@ def _read_decord(path: str, unique: np.ndarray, n_expected: int, device: str) ->
     """decord's ``get_batch`` on the unique indices; the reader is released at once (it leaks)."""
     import decord
 
-    from avvp_pipe.pipeline.decode.clip import _one_line
-
     reader = None
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0))
         _check_count(path, "decord", len(reader), n_expected)
         return reader.get_batch(unique.tolist()).asnumpy()  # (U, H, W, 3) uint8 RGB
     except decord.DECORDError as err:
-        raise ClipError(f"{path}: decord could not decode the video ({_one_line(err)})") from err
+        raise ClipError(f"{path}: decord could not decode the video ({one_line(err)})") from err
     finally:
         del reader
 
@@ -103,14 +101,12 @@ def _read_torchcodec(path: str, unique: np.ndarray, n_expected: int, device: str
     """torchcodec in exact seek mode (it scans the file, so index i is the i-th frame)."""
     from torchcodec.decoders import VideoDecoder
 
-    from avvp_pipe.pipeline.decode.clip import _one_line
-
     try:
         reader = VideoDecoder(path, seek_mode="exact", dimension_order="NHWC", device=device)
         _check_count(path, "torchcodec", int(reader.metadata.num_frames or 0), n_expected)
         frames = reader.get_frames_at(unique.tolist()).data  # (U, H, W, 3) uint8 RGB, on `device`
     except (RuntimeError, ValueError, IndexError) as err:
-        raise ClipError(f"{path}: torchcodec could not decode the video ({_one_line(err)})") from err
+        raise ClipError(f"{path}: torchcodec could not decode the video ({one_line(err)})") from err
     return frames.cpu().numpy()
 
 

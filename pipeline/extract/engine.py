@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.core.errors import AvvpError, one_line
 from avvp_pipe.pipeline.extract.plan import (ClipTask, DEFAULT_BATCH, ExtractOptions, MISSING_VIDEO, RunResult,
                                              audio_path_16k)
 
@@ -67,7 +67,7 @@ def audio_rates(extractors: Mapping[str, Extractor]) -> tuple[int, ...]:
 
 def failure_reason(err: BaseException) -> str:
     """One line: the error's own text (ClipError texts name the file) or its type and text."""
-    text = " ".join(str(err).split())
+    text = one_line(err, limit=10_000)
     return text if isinstance(err, AvvpError) else f"{type(err).__name__}: {text}"
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.core.errors import AvvpError, one_line
 from avvp_pipe.core.io import atomic_torch_save, load_torch
 from avvp_pipe.core.progress import Progress
 from avvp_pipe.models import grouped
@@ -470,7 +470,7 @@ def load_checkpoint(state: GroupState, path: Path, config: TrainConfig) -> None:
         _restore(state, ckpt)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise AvvpError(f"{path}: expected a checkpoint of this run but it does not fit ({type(err).__name__}: "
-                        f"{' '.join(str(err).split())[:160]}); rerun with --overwrite to start over") from None
+                        f"{one_line(err, 160)}); rerun with --overwrite to start over") from None
 
 
 def _restore(state: GroupState, ckpt: Mapping) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from torch import nn
 
 from avvp_pipe.core.device import describe_device, require_device
-from avvp_pipe.core.errors import AvvpError
+from avvp_pipe.core.errors import AvvpError, one_line
 from avvp_pipe.core.fmt import human_seconds
 from avvp_pipe.core.io import atomic_torch_save, atomic_write_json, load_torch, read_json, save_figure
 from avvp_pipe.models.han import HAN, HANConfig
@@ -292,7 +292,7 @@ def load_run(run_dir: str | Path) -> tuple[HAN, nn.Linear | None, dict]:
             head.eval()
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise AvvpError(f"{run / 'best.pt'}: expected the weights of a train run but they do not fit HAN "
-                        f"({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
+                        f"({type(err).__name__}: {one_line(err, 160)})") from None
     return model.eval(), head, config
 
 
