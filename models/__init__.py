@@ -6,7 +6,7 @@ Names load on first use (PEP 562): ``from avvp_pipe.models import load_official_
 from avvp_pipe.core.lazy import lazy_exports
 
 _EXPORTS = {
-    "HAN": "han", "HANConfig": "han", "load_official_han": "han", "per_second_mean": "han",
+    "HAN": "han", "HANConfig": "han", "load_official_han": "han", "official_init_": "han", "per_second_mean": "han",
     "mtsc_loss": "mtsc", "han_bce_loss": "objective",
     "llp_scores": "metrics", "llp_per_class": "metrics", "metric_names": "metrics",
     "modality_metrics": "similarity", "probe": "probe",

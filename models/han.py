@@ -19,19 +19,18 @@ Preprocessing (feature extraction, normalisation, the per-second mean of stored 
 not done here: the model takes features as stored, so the same code runs on the released
 features and on ours.
 
-Why there is no "official module order" option (issue 14, point 4), so ``--seed 1`` does
-not claim the release's initial weights: those depend on the order in which
-``MMIL_Net.__init__`` builds every module, the three unused encoders included, and on
-each one's exact constructor (layer type, FFN width, norms), since every Linear and
-attention draws from the global RNG. What is known here is the released state dict's key
-prefixes (:data:`UNUSED_OFFICIAL_PREFIXES`) and sizes (llp-facts.md section 3: 9,307,723
-parameters, 4,569,675 used, so 4,738,048 unused: consistent with two 512-wide 1-head
-TransformerEncoderLayers with FFN 512 at 1,577,984 each, a third such layer in cmt_encoder
-with two LayerNorms, and hat_encoder's two norms, but not proven by it). The release's
-code is not available here and its checkpoint holds trained, not initial, weights, so a
-test of the draw order could only compare this code with our own guess of it: it could
-not fail for the reason that matters. It needs nets/net_audiovisual.py (or initial
-weights saved by it under torch.manual_seed(1)) as a reference.
+Initial weights (issue 14, point 4). ``HAN(config)`` draws its parameters in this module's
+order. The release's ``MMIL_Net.__init__`` (nets/net_audiovisual.py of YapengTian/AVVP-ECCV20)
+draws them in another, and also builds three encoders that forward never calls, each of
+which consumes draws from the global RNG. :func:`official_init_` re-draws every parameter
+in the release's order, unused encoders included (built and dropped), so that
+``torch.manual_seed(1)`` then ``official_init_(HAN())`` equals the release's
+``torch.manual_seed(1); MMIL_Net()`` on every shared key, and leaves the global RNG where the
+release leaves it (``train --init-order official``; tested against an independent reading
+of that file in tests/test_han.py). The release builds its model on the CPU and then
+moves it to CUDA, so the CPU generator decides; what happens after initialisation (CUDA
+dropout masks, DataLoader shuffling) is not reproduced: our batch order comes from
+``np.random.default_rng((seed, epoch))`` and dropout runs on the device's generator.
 """
 
 from __future__ import annotations
@@ -271,6 +270,56 @@ class HAN(nn.Module):
         if visual_3d is None or tuple(visual_3d.shape) != expected:
             got = None if visual_3d is None else tuple(visual_3d.shape)
             raise AvvpError(f"HAN visual_3d: expected {expected} but got {got}")
+
+
+def official_init_(model: HAN) -> HAN:
+    """Re-draw ``model``'s parameters from the global RNG in ``MMIL_Net.__init__``'s order; returns it.
+
+    The release's order: fc_prob, fc_frame_att, fc_av_att, fc_a, fc_v, fc_st, fc_fusion, then
+    audio_encoder and visual_encoder (one nn.TransformerEncoderLayer each, 1 head, FFN 512),
+    cmt_encoder (a CMTLayer: one attention, linear1, linear2) and hat_encoder (the HAN
+    layer: self_attn, cm_attn, linear1, linear2). The three middle encoders are never used
+    by forward; they are built here only for their draws. Deep copies (``_get_clones``) and
+    LayerNorms draw nothing. Parts the release lacks come last: fc_st/fc_fusion are skipped
+    without a 3D stream, and MTSC's visual_head is drawn after everything.
+    """
+    cfg = model.config
+    with torch.no_grad():
+        for linear in (model.fc_prob, model.fc_frame_att, model.fc_av_att, model.fc_a, model.fc_v):
+            linear.reset_parameters()
+        if model.fc_st is not None and model.fc_fusion is not None:
+            model.fc_st.reset_parameters()
+            model.fc_fusion.reset_parameters()
+        _draw_unused_encoders(cfg)
+        layer = model.hat_encoder.layers[0]
+        _redraw_attention(layer.self_attn)
+        _redraw_attention(layer.cm_attn)
+        layer.linear1.reset_parameters()
+        layer.linear2.reset_parameters()
+        if model.visual_head is not None:
+            model.visual_head.reset_parameters()
+    return model
+
+
+def _draw_unused_encoders(cfg: HANConfig) -> None:
+    """Build (and drop) audio_encoder, visual_encoder and cmt_encoder for their RNG draws only."""
+    for _ in ("audio_encoder", "visual_encoder"):
+        nn.TransformerEncoderLayer(cfg.d_model, nhead=1, dim_feedforward=cfg.ffn)
+    nn.MultiheadAttention(cfg.d_model, 1)  # cmt_encoder's CMTLayer: self_attn, linear1, linear2
+    nn.Linear(cfg.d_model, cfg.ffn)
+    nn.Linear(cfg.ffn, cfg.d_model)
+
+
+def _redraw_attention(attention: nn.MultiheadAttention) -> None:
+    """Draw as nn.MultiheadAttention's constructor does: out_proj (weight, bias), then in_proj.
+
+    The constructor builds out_proj as a Linear (two draws), then xavier-initialises the packed
+    in-projection and zeroes both biases: the out_proj bias draw is made and then overwritten.
+    """
+    attention.out_proj.reset_parameters()
+    nn.init.xavier_uniform_(attention.in_proj_weight)
+    nn.init.zeros_(attention.in_proj_bias)
+    nn.init.zeros_(attention.out_proj.bias)
 
 
 def load_official_han(

@@ -12,12 +12,12 @@ from typing import Any
 import click
 
 from avvp_pipe.core.device import AUTO, DEVICE_HELP
-from avvp_pipe.pipeline.train.config import MTSC_CHOICES, MTSC_MODES, PRECISIONS, TrainConfig
+from avvp_pipe.pipeline.train.config import INIT_ORDERS, MTSC_CHOICES, MTSC_MODES, PRECISIONS, TrainConfig
 
 #: TrainConfig fields these options set, by the parameter name click passes.
 RECIPE_FIELDS = ("epochs", "batch_size", "lr", "seed", "mtsc", "mtsc_weight", "mtsc_decay", "mtsc_anchor",
                  "mtsc_form", "mtsc_temperature", "mtsc_pull", "mtsc_error", "mtsc_simdetach", "mtsc_negatives",
-                 "device", "precision", "d_model", "ffn", "heads")
+                 "device", "precision", "d_model", "ffn", "heads", "init_order")
 
 _STORES = [
     click.option("--cache", required=True, help="Feature cache root (local path or fsspec URL)."),
@@ -60,6 +60,9 @@ _RECIPE = [
                  help="HAN width (the release's 512); input widths come from the stores."),
     click.option("--ffn", type=int, default=512, show_default=True, help="HAN feed-forward width (the release's)."),
     click.option("--heads", type=int, default=1, show_default=True, help="HAN attention heads (the release's)."),
+    click.option("--init-order", type=click.Choice(INIT_ORDERS), default=TrainConfig.init_order, show_default=True,
+                 help="official: draw HAN's initial weights in MMIL_Net.__init__'s order, unused encoders "
+                      "included, so --seed 1 gives the release's initial weights."),
 ]
 
 _PERMISSIONS = [

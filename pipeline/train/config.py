@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 
 MTSC_MODES = ("off", "part", "entire")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: How HAN's initial weights are drawn (models/han.py owns the official order).
+INIT_ORDERS = ("ours", "official")
 #: Fields added after run folders and select results were first keyed: a saved config without
 #: one of them ran at its default, so keys leave them out while they hold that default.
 LATER_FIELDS = ("d_model", "ffn", "heads", "mtsc_form", "mtsc_temperature", "mtsc_pull", "mtsc_error",
-                "mtsc_simdetach", "mtsc_negatives")
+                "mtsc_simdetach", "mtsc_negatives", "init_order")
 #: The MTSC readings' option choices (models/mtsc_reading.py owns them; the CLI reads them here).
 MTSC_CHOICES = {"mtsc_anchor": MTSC_ANCHORS, "mtsc_form": MTSC_FORMS, "mtsc_pull": MTSC_PULLS,
                 "mtsc_error": MTSC_ERRORS, "mtsc_simdetach": MTSC_SIMDETACH, "mtsc_negatives": MTSC_NEGATIVES}
@@ -74,6 +76,7 @@ class TrainConfig:
     d_model: int = 512  # HAN width (the release's); input widths come from the stores
     ffn: int = 512  # HAN feed-forward width (the release's)
     heads: int = 1  # HAN attention heads (the release's)
+    init_order: str = "ours"  # ours | official: MMIL_Net.__init__'s draw order (--seed 1 = release's init)
 
     def __post_init__(self) -> None:
         import torch  # here, not at import: the CLI reads this module's choices without torch
@@ -104,6 +107,7 @@ class TrainConfig:
             need(value in SPLITS, option.replace("_", "-"), f"one of {', '.join(SPLITS)}", value)
         need(self.select_metric in metric_names(), "select-metric", f"one of {', '.join(metric_names())}",
              self.select_metric)
+        need(self.init_order in INIT_ORDERS, "init-order", f"one of {', '.join(INIT_ORDERS)}", self.init_order)
         need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
         # Resolved once, here: config.json and select's results then say which device ran.
         self.device = resolve_device(self.device)

@@ -46,7 +46,7 @@ from avvp_pipe.core.errors import AvvpError, one_line
 from avvp_pipe.core.io import atomic_torch_save, load_torch
 from avvp_pipe.core.progress import Progress
 from avvp_pipe.models import grouped
-from avvp_pipe.models.han import HAN, HANConfig
+from avvp_pipe.models.han import HAN, HANConfig, official_init_
 from avvp_pipe.models.mtsc import mtsc_loss, raw_features
 from avvp_pipe.models.objective import han_bce_loss
 from avvp_pipe.pipeline.evaluate.scores import evaluate_predictions
@@ -87,6 +87,9 @@ def init_model(dims: Mapping[str, int | None], config: TrainConfig) -> tuple[HAN
     config = config.resolved()
     torch.manual_seed(config.seed)
     model = HAN(han_config(dims, config))
+    if config.init_order == "official":
+        torch.manual_seed(config.seed)  # start over: the release draws from a freshly seeded RNG
+        official_init_(model)
     head = _head(model.config, config)
     return model.to(config.device), (head.to(config.device) if head is not None else None)
 
