@@ -9,6 +9,7 @@
 #   setup    wheels from .whl/ into /tmp/site (the device image lacks zarr, dask, decord, av, ...)
 #   clips    20 synthetic clips (synth CLI), copied to 1,000 distinct ids (input of c and d)
 #   c        benchmarks/extract.py per visual extractor, bf16, random init (target e2e >= 0.7x model)
+#   e        benchmarks/precision_error.py: bf16 vs fp32 features per extractor on one clip
 #   b        benchmarks/select_pairings.py, 1,200 clips, 3 epochs, --parallel 10 (target ratio <= 3)
 #   a        benchmarks/train.py fp32, 40-epoch recipe (target <= 60 s); then bf16, 2 epochs
 #            (a comes after c and b because its time is the least predictable)
@@ -16,8 +17,8 @@
 #            the budget; killed with SIGINT at the deadline, with per-store progress sampled
 #            every 10 s into $OUT/extract_all_progress.tsv so a partial run still gives a rate.
 #
-# Files in $OUT (7): h200.log (everything), steps.tsv (per step: rc, wall, timeout),
-# summary.json (key numbers of every step), extract_models.json (c), extract_all.json (d's
+# Files in $OUT (8): h200.log (everything), steps.tsv (per step: rc, wall, timeout),
+# summary.json (key numbers of every step), extract_models.json (c), precision_error.json (e), extract_all.json (d's
 # --summary, only when d finished), extract_all_progress.tsv (d), gpu.csv (nvidia-smi, 1 s).
 #
 # .whl/ is not in git. Build it here for the device's Python 3.12 (the carry limit is 64 MiB):
@@ -49,6 +50,7 @@ OUT=${OUT:-$REPO/bench-out}
 WORK=${AVVP_BENCH_WORK:-/tmp/avvp-bench}
 C_EXTRACTORS=${AVVP_BENCH_C_EXTRACTORS:-resnet152,vgg19_bn,polynet,senet154,openl3_image,r2plus1d_18}
 D_EXTRACTORS=${AVVP_BENCH_D_EXTRACTORS:-vggish,openl3_audio,resnet152,vgg19_bn,polynet,senet154,openl3_image,r2plus1d_18}
+PREC_EXTRACTORS=${AVVP_BENCH_PREC_EXTRACTORS:-$C_EXTRACTORS}
 N_D_EX=$(($(tr -cd , <<< "$D_EXTRACTORS" | wc -c) + 1))
 
 if [ "$SMALL" = 1 ]; then
@@ -207,6 +209,13 @@ for name in "${C_LIST[@]}"; do
         --decode-workers "$DW" --json "$WORK/extract_$name.json"
     merge_c
 done
+
+# ---------------------------------------------------------------- e: bf16 vs fp32 feature error
+# Per extractor, one clip: relative L2 and cosine of bf16 features against fp32 (README's
+# --precision bf16 advice rests on it). Random init: it bounds the arithmetic error only.
+run_step precision 60 "$D_RESERVE" "$PY" benchmarks/precision_error.py --clip "$(printf '%s/bench%06d.mp4' "$CLIPS" 0)" \
+    --extractors "$PREC_EXTRACTORS" --random-init --device "$DEVICE" --precision "$PRECISION" \
+    --json "$OUT/precision_error.json"
 
 # ---------------------------------------------------------------- b: pairing selection
 run_step select 90 "$D_RESERVE" "$PY" benchmarks/select_pairings.py --device "$DEVICE" --parallel 10 \
