@@ -635,7 +635,8 @@ class _OpenL3Extractor(Extractor):
 
     @property
     def out_shape(self) -> tuple[int, int]:
-        return (self.spec.out_frames, self.embedding_size)
+        """(T, D): T follows the frame rate (openl3_image at fps=1: 10), D the embedding_size option."""
+        return (self.out_frames, self.embedding_size)
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
@@ -681,13 +682,23 @@ class OpenL3AudioExtractor(_OpenL3Extractor):
 
 
 class OpenL3ImageExtractor(_OpenL3Extractor):
-    """Resize/crop/scale in prepare, the image net in embed, one row per frame (base finalize)."""
+    """Resize/crop/scale in prepare, the image net in embed, one row per frame (base finalize).
+
+    Takes ``fps=1`` like every 2D extractor (decoded frames ``round(linspace(0, 79, 10))``,
+    one inside each second). It fits OpenL3's design: the image subnetwork embeds one frame
+    on its own (no temporal context, unlike the audio net's 1-s windows), and L3 was trained
+    on one frame paired with a 1-s audio window of the same moment (Arandjelovic & Zisserman
+    2017; Cramer et al. 2019), so one frame a second is a feature of the kind the network
+    learnt, with 1 frame in place of 8 per second. The 80-frame store keeps its key (fps is
+    named in config() only away from 8).
+    """
 
     _net = "image"
     sampling_rule = "the 80 decoded frames, one embedding each"
+    takes_frame_rate = True  # prepare embeds _clip_frames row by row
 
     def prepare(self, clip: Any) -> torch.Tensor:
-        return preprocess_frames(self._clip_frames(clip))  # (80, 3, 224, 224)
+        return preprocess_frames(self._clip_frames(clip))  # (80 | 10, 3, 224, 224)
 
 
 def _check_options(input_repr: str, content_type: str) -> None:

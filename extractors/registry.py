@@ -11,7 +11,7 @@ against the source libraries in tests, without building any model. Family module
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,13 @@ class ExtractorSpec:
     licence: str
     options: Mapping[str, Any] = field(default_factory=dict)  # selectable options and defaults
     description: str = ""
+    #: option -> value -> D, for an option that sets the output width (CLIP's ``output``);
+    #: its keys are the option's only values. Not part of any store key: config() holds out_shape.
+    out_dims: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    #: option -> value -> weights entry, for an option that picks other weights (CLAP's
+    #: ``checkpoint``); values not listed use ``weights``. Lets checks and provenance name the
+    #: file a request loads without importing the family's module.
+    option_weights: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
 
     # The mappings are unhashable; identity by name is what a registry needs.
     def __hash__(self) -> int:
@@ -59,6 +66,12 @@ _BUILDERS: dict[str, Callable[..., Extractor]] = {}
 #: name prefix -> resolver(name) that registers the spec of a name no module listed
 #: (``timm:<model_name>``: any timm model, resolved from timm's own config on first use).
 _RESOLVERS: dict[str, Callable[[str], None]] = {}
+#: name prefix -> what follows it, in words, for messages (``<model_name>``, ``<repo>``).
+_RESOLVER_ARGS: dict[str, str] = {}
+#: name prefix -> the members ``extractors list`` shows as rows (hf_audio's known repos).
+_LISTED: dict[str, Callable[[], Iterable[str]]] = {}
+#: another spelling -> registered name (``hf_audio:MIT/ast-...`` -> ``hf_audio:MIT--ast-...``).
+_ALIASES: dict[str, str] = {}
 
 
 def register(spec: ExtractorSpec, builder: Callable[..., Extractor]) -> None:
@@ -84,29 +97,111 @@ def _check_spec(spec: ExtractorSpec) -> None:
                          f"{spec.out_frames}/{spec.out_dim}")
     if not isinstance(spec.requires, tuple):
         raise ValueError(f"{spec.name}: expected requires to be a tuple but got {type(spec.requires)}")
+    for option, dims in spec.out_dims.items():
+        if dims.get(spec.options.get(option)) != spec.out_dim:
+            raise ValueError(f"{spec.name}: expected out_dims[{option!r}] to map the default "
+                             f"{spec.options.get(option)!r} to out_dim {spec.out_dim} but got {dict(dims)}")
 
 
-def register_resolver(prefix: str, resolver: Callable[[str], None]) -> None:
+def out_dim(spec: ExtractorSpec, options: Mapping[str, Any]) -> int:
+    """D for resolved ``options``: ``spec.out_dim`` unless an ``out_dims`` option picks another width.
+
+    A value outside an ``out_dims`` table is refused here, so a spec's table is also the
+    option's list of choices.
+    """
+    dim = spec.out_dim
+    for option, dims in spec.out_dims.items():
+        value = options.get(option, spec.options.get(option))
+        if value not in dims:
+            raise AvvpError(f"Option {option!r} of extractor {spec.name!r}: expected one of "
+                            f"{', '.join(map(str, dims))} but got {value!r}")
+        dim = int(dims[value])
+    return dim
+
+
+def register_resolver(prefix: str, resolver: Callable[[str], None], what: str = "<model_name>",
+                      listed: Callable[[], Iterable[str]] | None = None) -> None:
     """Names starting with ``prefix`` are registered on first use by ``resolver(name)``.
 
     A family whose members are open-ended (every timm model) cannot list them at import
     time; its resolver builds the spec from the library's config and calls :func:`register`.
+    ``what`` names the rest of the name in messages (``timm:<model_name>``, ``hf_audio:<repo>``);
+    ``listed()`` gives the members worth a row in ``extractors list`` (none for timm).
     """
     _RESOLVERS[prefix] = resolver
+    _RESOLVER_ARGS[prefix] = what
+    if listed is not None:
+        _LISTED[prefix] = listed
+
+
+def register_alias(alias: str, name: str) -> None:
+    """``alias`` asks for the registered ``name`` (a spelling a store folder cannot hold)."""
+    if name not in REGISTRY:
+        raise ValueError(f"Alias {alias!r}: expected a registered name but got {name!r}")
+    _ALIASES[alias] = name
+
+
+def listed_names() -> list[str]:
+    """What ``extractors list`` shows: every registered name plus the listed members of resolver
+    families, resolved (so registered) here; not what a bare ``extract`` runs (sorted(REGISTRY))."""
+    for listed in _LISTED.values():
+        for name in listed():
+            get_spec(name)
+    return sorted(REGISTRY)
+
+
+def resolver_names() -> list[str]:
+    """The open-ended name patterns, e.g. ``['hf_audio:<repo>', 'timm:<model_name>']``."""
+    return [f"{prefix}{_RESOLVER_ARGS.get(prefix, '<model_name>')}" for prefix in sorted(_RESOLVERS)]
 
 
 def get_spec(name: str) -> ExtractorSpec:
-    """The spec registered as ``name`` (or resolved by a prefix); an unknown name lists the known ones."""
-    if name not in REGISTRY:
+    """The spec registered as ``name`` (or resolved by a prefix); an unknown name lists the known ones.
+
+    A request ``name[key=value,...]`` gives :func:`request_spec`'s spec (what those options
+    compute), so ``extractors show clip_vit_b16[output=pre_projection]`` shows its width.
+    """
+    if "[" in name:
+        return request_spec(name)
+    if name not in REGISTRY and name not in _ALIASES:
         for prefix, resolver in _RESOLVERS.items():
             if name.startswith(prefix) and len(name) > len(prefix):
                 resolver(name)  # registers it, or raises an AvvpError naming the problem
                 break
     try:
-        return REGISTRY[name]
+        return REGISTRY[_ALIASES.get(name, name)]
     except KeyError:
-        known = ", ".join(sorted(REGISTRY) + [f"{p}<model_name>" for p in sorted(_RESOLVERS)]) or "(none registered)"
+        known = ", ".join(sorted(REGISTRY) + resolver_names()) or "(none registered)"
         raise AvvpError(f"Unknown extractor {name!r}; expected one of: {known}") from None
+
+
+def request_spec(text: str) -> ExtractorSpec:
+    """The spec of request ``name[key=value,...]``: options resolved and the shape they give.
+
+    ``options`` then holds the chosen values (defaults filled in), ``out_dim`` follows an
+    ``out_dims`` option and ``out_frames`` the ``fps`` of a 2D extractor (10 at 1 fps). It is
+    a view for ``extractors show`` and imports, never registered: stores are keyed by the
+    built extractor's config(), not by this.
+    """
+    from dataclasses import replace
+
+    from avvp_pipe.extractors.base import DECODED_FPS, resolve_options
+
+    name, options = parse_request(text)
+    spec = get_spec(name)
+    resolved = resolve_options(spec, options)
+    fps = resolved.get("fps", DECODED_FPS) if "fps" not in spec.options else DECODED_FPS
+    return replace(spec, options=resolved, out_dim=out_dim(spec, resolved), weights=weights_entry(spec, resolved),
+                   out_frames=spec.out_frames * int(fps) // DECODED_FPS)
+
+
+def weights_entry(spec: ExtractorSpec, options: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The weights entry ``options`` load: an ``option_weights`` pick, else ``spec.weights``."""
+    for option, table in spec.option_weights.items():
+        value = options.get(option, spec.options.get(option))
+        if value in table:
+            return table[value]
+    return spec.weights
 
 
 def parse_request(text: str) -> tuple[str, dict[str, Any]]:
@@ -182,7 +277,7 @@ def create(
     fps = resolved.pop("fps", None) if "fps" not in spec.options else None  # the base class's option
     dev = _check_device(device)
     wdir = Path(weights_dir).expanduser() if weights_dir is not None else None
-    extractor = _BUILDERS[name](spec, device=dev, weights_dir=wdir, random_init=random_init, **resolved)
+    extractor = _BUILDERS[spec.name](spec, device=dev, weights_dir=wdir, random_init=random_init, **resolved)
     if not isinstance(extractor, Extractor):
         raise TypeError(f"Builder for {name!r} returned {type(extractor).__name__}, not an Extractor")
     if fps is not None:
@@ -209,27 +304,31 @@ def availability(name: str, weights_dir: str | Path | None = None) -> dict[str, 
     No extractor package is imported and nothing is downloaded or hashed, so listing every
     extractor stays fast.
     """
-    from avvp_pipe.extractors import weights
-
     spec = get_spec(name)
     missing = missing_packages(spec)
-    if spec.weights.get("source") == "hf_hub":  # a Hugging Face hub file: the HF cache, not torch hub's
-        from avvp_pipe.extractors import hub
-
-        status, path = hub.locate(spec.weights, weights_dir)
-    else:
-        status, path = weights.locate(spec.weights, weights_dir)
+    status, path = _locate(spec.weights, weights_dir)
     result: dict[str, Any] = {
         "packages": not missing,
         "missing_packages": missing,
         "weights": status,
         "weights_path": str(path),
     }
-    extra = {key: dict(zip(("weights", "weights_path"), map(str, weights.locate(entry, weights_dir))))
+    extra = {key: dict(zip(("weights", "weights_path"), map(str, _locate(entry, weights_dir))))
              for key, entry in dict(spec.weights.get("extra", {})).items()}
     if extra:
         result["extra_weights"] = extra
     return result
+
+
+def _locate(entry: Mapping[str, Any], weights_dir: str | Path | None) -> tuple[str, Path | str]:
+    """(status, path) of one weights entry: a Hugging Face hub file in the HF cache, else torch hub's."""
+    if entry.get("source") == "hf_hub":
+        from avvp_pipe.extractors import hub
+
+        return hub.locate(entry, weights_dir)
+    from avvp_pipe.extractors import weights
+
+    return weights.locate(entry, weights_dir)
 
 
 def input_summary(spec: ExtractorSpec) -> str:

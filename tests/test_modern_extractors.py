@@ -283,8 +283,12 @@ def test_fps_option_changes_shape_and_key_but_not_default_keys():
         registry.create("resnet152", random_init=True, fps=2)
     with pytest.raises(AvvpError, match="Unknown option 'fps' for extractor 'vggish'"):
         registry.create("vggish", random_init=True, fps=1)
+    from avvp_pipe.extractors.base import Extractor
+
+    grouped = object.__new__(type("GroupedItems", (Extractor,), {}))  # items that are not single frames
+    grouped.spec = one.spec
     with pytest.raises(AvvpError, match="does not take the fps option"):
-        registry.create("openl3_image", random_init=True, fps=1)
+        grouped.use_frame_rate(1)
 
 
 def test_requests_parse_and_resolve():

@@ -50,14 +50,14 @@ def list_command(weights_dir: Path | None, as_json: bool) -> None:
     Example: avvp-pipe extractors list --weights-dir ~/avvp-weights
     """
     registry = _registry()
-    rows = [registry.summary(name, weights_dir) for name in sorted(registry.REGISTRY)]
+    rows = [registry.summary(name, weights_dir) for name in registry.listed_names()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(_table(rows))
-    click.echo("\nplus timm:<model_name>, any timm model (e.g. timm:convnext_tiny; "
-               "avvp-pipe extractors show timm:convnext_tiny); options as NAME[key=value,...], e.g. "
-               "clip_vit_l14[fps=1]")
+    click.echo("\nplus timm:<model_name>, any timm model (e.g. avvp-pipe extractors show timm:convnext_tiny), "
+               "and hf_audio:<repo>, the transformers audio encoders above (more: hf_audio.register_hf_audio); "
+               "options as NAME[key=value,...], e.g. clip_vit_l14[fps=1]")
     if weights_dir is None:
         from avvp_pipe.extractors.weights import hub_checkpoints_dir
 
@@ -67,9 +67,10 @@ def list_command(weights_dir: Path | None, as_json: bool) -> None:
 @extractors_group.command("show")
 @click.argument("name")
 def show_command(name: str) -> None:
-    """Print the full spec of extractor NAME as JSON (``timm:<model_name>`` is resolved from timm).
+    """Print the full spec of extractor NAME as JSON (``timm:<model_name>`` is resolved from timm;
+    ``NAME[key=value,...]`` shows the shape those options give).
 
-    Example: avvp-pipe extractors show resnet152
+    Example: avvp-pipe extractors show "clip_vit_b16[output=pre_projection]"
     """
     registry = _registry()
     click.echo(json.dumps(registry.get_spec(name).to_dict(), indent=2))

@@ -218,11 +218,10 @@ def check_weights(names: Sequence[str], weights_dir: str | None, random_init: bo
 
     problems: list[str] = []
     for request in names:
-        name = registry.parse_request(request)[0]
-        spec = registry.get_spec(name)
-        avail = registry.availability(name, weights_dir)
+        spec = registry.get_spec(request)  # a request's spec names the weights its options load
+        avail = registry.availability(request, weights_dir)
         if avail["missing_packages"]:
-            problems.append(f"{name} needs the Python package(s) {', '.join(avail['missing_packages'])} "
+            problems.append(f"{request} needs the Python package(s) {', '.join(avail['missing_packages'])} "
                             f"(pip install {' '.join(avail['missing_packages'])})")
         elif not random_init and avail["weights"] == "missing":
             problems.append(_missing_weights_text(spec, weights_dir, weights))
@@ -318,12 +317,15 @@ def store_spec(extractor: Extractor, clips: ClipSet, opts: ExtractOptions, video
     from avvp_pipe.core.version import __version__
     from avvp_pipe.cache.store import StoreSpec
 
+    from avvp_pipe.extractors.registry import weights_entry
+
     spec = extractor.spec
+    loaded = weights_entry(spec, extractor.options)  # what the options load (CLAP's checkpoint)
     provenance = {
         "made_by": f"avvp-pipe {__version__} extract",
         "weights_identity": extractor.weights_identity,
-        "weights_file": None if opts.random_init else spec.weights.get("file"),
-        "weights_source": f"{spec.weights.get('library', '?')}: {spec.weights.get('id', '-')}",
+        "weights_file": None if opts.random_init else loaded.get("file"),
+        "weights_source": f"{loaded.get('library', '?')}: {loaded.get('id', '-')}",
         "random_init": opts.random_init,
         "precision": opts.precision,
         "device": opts.device,
