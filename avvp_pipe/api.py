@@ -24,6 +24,7 @@ from avvp_pipe.core.errors import AvvpError
 if TYPE_CHECKING:
     from avvp_pipe.cache.store import FeatureStore
     from avvp_pipe.pipeline.train.engine import TrainResult
+    from avvp_pipe.pipeline.train.seeds import SeedsResult
 
 PathLike = str | os.PathLike
 
@@ -50,15 +51,20 @@ def extract(videos: PathLike, cache: PathLike, extractors: str | Sequence[str] |
 def train(cache: PathLike, dataset: str, annotations: PathLike, audio: str, visual: str, out: PathLike, *,
           visual_3d: str | None = None, resume: bool = False, overwrite: bool = False,
           allow_random_init: bool = False, allow_simulated: bool = False, progress: bool = True,
-          **recipe: Any) -> TrainResult:
+          seeds: int = 1, **recipe: Any) -> TrainResult | SeedsResult:
     """Train HAN (+MTSC) on one cached pairing into run folder ``out`` (``avvp-pipe train``).
 
     ``recipe`` are :class:`~avvp_pipe.pipeline.train.config.TrainConfig` fields (``epochs``,
     ``mtsc``, ``device="auto"``, ...). ``avvp_pipe.pipeline.train.summary(result)`` is the CLI's table.
+    ``seeds=K > 1`` is ``train --seeds K``: a SeedsResult (``format_seeds`` prints it).
     """
-    from avvp_pipe.pipeline.train import TrainConfig, train_run
+    from avvp_pipe.pipeline.train import TrainConfig, train_run, train_seeds_run
 
     config = TrainConfig(**_only(TrainConfig, recipe))
+    if seeds != 1:
+        return train_seeds_run(str(cache), dataset, annotations, audio, visual, visual_3d, config, out, seeds,
+                               resume=resume, overwrite=overwrite, allow_random_init=allow_random_init,
+                               allow_simulated=allow_simulated, progress=progress)
     return train_run(str(cache), dataset, annotations, audio, visual, visual_3d, config, out, resume=resume,
                      overwrite=overwrite, allow_random_init=allow_random_init, allow_simulated=allow_simulated,
                      progress=progress)

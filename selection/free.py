@@ -19,7 +19,7 @@ from avvp_pipe.core.errors import AvvpError
 from avvp_pipe.pipeline.llp.annotations import Annotations
 from avvp_pipe.selection import logme as logme_mod
 from avvp_pipe.selection import panel
-from avvp_pipe.selection.bootstrap import free_samples, trained_samples
+from avvp_pipe.selection.bootstrap import free_samples, recentred, trained_samples
 from avvp_pipe.selection.candidates import Candidates, Pairing, load
 from avvp_pipe.selection.clip_scores import clip_scores
 from avvp_pipe.selection.results import (SUBDIR, labels_digest, load_result, load_run_predictions, result_key,
@@ -100,7 +100,8 @@ def run_free(cands: Candidates, annotations: Annotations, pairings: Sequence[Pai
             results[method].append(_point(lazy, method, settings, labels, out, overwrite))
             if rows is not None:
                 boot = {**settings, "resamples": int(len(rows)), "bootstrap_seed": bootstrap_seed}
-                samples[method].append(_samples(lazy, method, boot, labels, out, overwrite, rows))
+                raw = _samples(lazy, method, boot, labels, out, overwrite, rows)  # saved raw: keys unchanged
+                samples[method].append(recentred(raw, results[method][-1]["score"], rows))
     return results, ({m: np.stack(s, axis=1) for m, s in samples.items()} if rows is not None else {})
 
 

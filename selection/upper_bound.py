@@ -106,34 +106,73 @@ def run_protocol(cands: Candidates, annotations: Annotations, pairings: Sequence
                           result_key(p.store_keys(), protocol, replace(cfg, seed=s).keyed(), labels))
               for s in seed_values] for p in pairings]
     results = [[None if overwrite else load_result(path) for path in row] for row in paths]
-    todo = [(i, j) for i, row in enumerate(results) for j, r in enumerate(row) if r is None]
-    total = len(pairings) * seeds
-    if len(todo) < total:
-        what = "pairings" if seeds == 1 else "runs (pairing x seed)"
-        notify(f"{protocol}: {total - len(todo)} of {total} {what} already done in {out}; "
-               f"skipping them (--overwrite redoes them)")
     size = max(1, parallel or max(auto_parallel(cfg), seeds))
+    groups = _groups(results, paths, size, protocol, out, notify)
     units = [GroupUnit(cands, annotations, tuple((pairings[i].audio, pairings[i].visual,
                                                   tuple(sorted(pairings[i].store_keys().items())),
-                                                  seed_values[j]) for i, j in todo[start:start + size]),
-                       splits, cfg, size, progress) for start in range(0, len(todo), size)]
+                                                  seed_values[j]) for i, j in group),
+                       splits, cfg, size, progress) for group in groups]
     for unit, (trained, mode, wall) in execute(units, client, notify):
-        for (i, j), result in zip(todo[unit * size:(unit + 1) * size], trained):
-            results[i][j] = _record(pairings[i], protocol, cfg, score, result, mode, wall, paths[i][j],
-                                    seed_values[j])
+        mates = [paths[i][j].stem for i, j in groups[unit]]
+        for (i, j), result in zip(groups[unit], trained):
+            if results[i][j] is None:  # a run saved before a kill cut its group short keeps its file
+                results[i][j] = _record(pairings[i], protocol, cfg, score, result, mode, wall, paths[i][j],
+                                        seed_values[j], mates)
     return results
 
 
+Runs = list[tuple[int, int]]  # (pairing, seed) indices
+
+
+def _groups(results: list[list[dict | None]], paths: list[list[Path]], size: int, protocol: str, out: str,
+            notify: Notify) -> list[Runs]:
+    """The groups still to train: groups a kill left partly saved, whole and as they were, then the
+    other missing runs in groups of ``size`` (which, with whole groups saved, are the groups an
+    uninterrupted run trains).
+
+    Why whole: a grouped run's dropout masks and float rounding depend on its group mates, so
+    its missing mates trained in another group would not be the runs the uninterrupted selection
+    has; the saved runs of such a group are trained again but keep their files.
+    """
+    runs = [(i, j) for i, row in enumerate(results) for j in range(len(row))]
+    todo = [(i, j) for i, j in runs if results[i][j] is None]
+    if len(todo) < len(runs):
+        what = "pairings" if len(results[0]) == 1 else "runs (pairing x seed)"
+        notify(f"{protocol}: {len(runs) - len(todo)} of {len(runs)} {what} already done in {out}; "
+               f"skipping them (--overwrite redoes them)")
+    cut = _cut_groups(results, paths, runs)
+    inside = {run for group in cut for run in group}
+    rest = [run for run in todo if run not in inside]
+    if cut:
+        notify(f"{protocol}: {len(inside) - len(todo) + len(rest)} saved run(s) of {len(cut)} group(s) a kill "
+               f"left partly saved train again with their mates; their saved results are kept")
+    return cut + [rest[start:start + size] for start in range(0, len(rest), size)]
+
+
+def _cut_groups(results: list[list[dict | None]], paths: list[list[Path]], runs: Runs) -> list[Runs]:
+    """Groups (as their saved runs record them) with some runs saved and some missing."""
+    where = {paths[i][j].stem: (i, j) for i, j in runs}
+    cut: list[Runs] = []
+    for i, j in runs:
+        members = [where.get(key) for key in (results[i][j] or {}).get("group", [])]
+        if members and None not in members and members not in cut and any(results[a][b] is None for a, b in members):
+            cut.append(members)
+    return cut
+
+
 def _record(pairing: Pairing, protocol: str, cfg: TrainConfig, score: str, result: TrainResult, mode: str,
-            wall: float, path: Path, seed: int) -> dict:
-    """Save one run: its predictions first (for --bootstrap), then the JSON that marks it done."""
+            wall: float, path: Path, seed: int, group: Sequence[str]) -> dict:
+    """Save one run: its predictions first (for --bootstrap), then the JSON that marks it done.
+
+    ``group``: the result keys of the runs trained with it, in order (a resumed selection trains
+    a group a kill cut short again as it was)."""
     save_run_predictions(path.with_suffix(".npz"), result.predictions)
     record = {
         "pairing": pairing.name, "audio": pairing.audio, "visual": pairing.visual,
         "store_keys": pairing.store_keys(), "protocol": protocol, "key": path.stem, "score_key": score,
         "score": metric_value(result.scores, score), "best_epoch": result.best_epoch,
         "best_select": result.best_score, "train_seconds": result.seconds, "seconds": wall, "trained": mode,
-        "seed": seed, "predictions": path.with_suffix(".npz").name,
+        "seed": seed, "group": list(group), "predictions": path.with_suffix(".npz").name,
         "config": asdict(replace(cfg, seed=seed)), "history": result.history, "scores": result.scores,
     }
     save_result(path, record)

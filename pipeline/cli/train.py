@@ -28,17 +28,21 @@ _SPLITS = click.Choice(["train", "val", "test"])
 @click.option("--select-metric", default="segment.type_at_av", show_default=True,
               help="Key of evaluate's JSON that picks the best epoch: LEVEL.SCORE (segment|event . audio, visual, "
                    "audio_visual, type_at_av, event_at_av) or average.")
+@click.option("--seeds", type=int, default=1, show_default=True,
+              help="Train the pairing K times (seeds --seed, --seed+1, ...) in one grouped run: OUT/seed-<s>/ "
+                   "per seed and OUT/seeds.json (mean, sd, runs, 95% t-interval per metric).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.pt.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @permission_options
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 def train(cache, dataset, annotations, audio, visual, visual_3d, out_dir, keep_visual_head, train_split,
-          select_split, eval_split, select_metric, resume, overwrite, allow_random_init, allow_simulated, quiet,
+          select_split, eval_split, select_metric, seeds, resume, overwrite, allow_random_init, allow_simulated, quiet,
           **recipe_params) -> None:
     """Train HAN on one audio/visual pairing with the official recipe (Adam 3e-4, StepLR 10/0.1,
     batch 16, 40 epochs), keep the best epoch on --select-split and score it on --eval-split.
 
     Every epoch is checkpointed; --resume continues a killed run and ends as an uninterrupted one would.
+    --seeds 3 trains seeds --seed .. --seed+2 together and prints their mean, sd and 95% interval.
 
     Example:
 
@@ -50,14 +54,27 @@ def train(cache, dataset, annotations, audio, visual, visual_3d, out_dir, keep_v
 
     config = TrainConfig(**recipe(recipe_params), keep_visual_head=keep_visual_head, train_split=train_split,
                          select_split=select_split, eval_split=eval_split, select_metric=select_metric)
-    result = train_run(
-        cache, dataset, annotations, audio, visual, optional_store(visual_3d),
-        config, out_dir, resume=resume, overwrite=overwrite, allow_random_init=allow_random_init,
-        allow_simulated=allow_simulated, progress=not quiet,
-    )  # fmt: skip
+    store_args = (cache, dataset, annotations, audio, visual, optional_store(visual_3d), config, out_dir)
+    flags = {"resume": resume, "overwrite": overwrite, "allow_random_init": allow_random_init,
+             "allow_simulated": allow_simulated, "progress": not quiet}
+    if seeds != 1:
+        _train_seeds(store_args, seeds, flags)
+        return
+    result = train_run(*store_args, **flags)
     if result.already_finished:
         click.echo(f"{out_dir}: the run is already finished ({len(result.history)} epochs); nothing to do")
     click.echo(summary(result, config.device))
+
+
+def _train_seeds(store_args: tuple, seeds: int, flags: dict) -> None:
+    from avvp_pipe.pipeline.train.seeds import format_seeds, train_seeds_run
+
+    result = train_seeds_run(*store_args, seeds, **flags)
+    if result.already_finished:
+        click.echo(f"{result.out_dir}: all {len(result.seeds)} seeds are already finished; nothing to do")
+    click.echo(format_seeds(result.summary))
+    click.echo(f"run dirs: {', '.join(str(r.out_dir) for r in result.results)}; summary: "
+               f"{result.out_dir / 'seeds.json'}")
 
 
 COMMANDS = [train]

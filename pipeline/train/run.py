@@ -153,35 +153,41 @@ def train_pairing(data: PairingData, annotations: Annotations, config: TrainConf
                                 describe=lambda s, r: _epoch_line(r[0], s, config), note=note)
     result = results[0]
     if out is not None:
-        _write_results(out, state, result, config)
+        write_results(out, state, result, config)
     return result
 
 
 def _write_epoch(state: GroupState, out: Path, identity: Mapping, config: TrainConfig) -> None:
     """best.pt when improved, then checkpoint.pt (which alone decides resume), then metrics.json."""
-    run = state.runs[0]
-    if run.best_epoch == state.epoch:
-        atomic_torch_save({"model": run.best_model, "head": run.best_head, "han": identity["han"],
-                           "epoch": run.best_epoch}, out / "best.pt")
+    write_best(state, out, identity["han"])
     engine.save_checkpoint(state, out / "checkpoint.pt",
                            {"stores": dict(identity["stores"]), "config": dict(identity["train"])})
-    _write_metrics(out, state, config, None)
+    write_metrics(out, state, config, None)
 
 
-def _write_metrics(out: Path, state: GroupState, config: TrainConfig, scores: dict | None) -> None:
-    run = state.runs[0]
+def write_best(state: GroupState, out: Path, han: Mapping, member: int = 0) -> None:
+    """best.pt of one member, when the epoch just trained is its best so far (a tie keeps the later)."""
+    run = state.runs[member]
+    if run.best_epoch == state.epoch:
+        atomic_torch_save({"model": run.best_model, "head": run.best_head, "han": dict(han),
+                           "epoch": run.best_epoch}, out / "best.pt")
+
+
+def write_metrics(out: Path, state: GroupState, config: TrainConfig, scores: dict | None, member: int = 0) -> None:
+    """metrics.json of one member: its epochs so far, its best epoch and (once scored) its eval scores."""
+    run = state.runs[member]
     atomic_write_json(out / "metrics.json", {
         "epochs": run.history, "best_epoch": run.best_epoch, "select_metric": config.select_metric,
         "select_split": config.select_split, "eval_split": config.eval_split, "eval": scores,
     })
 
 
-def _write_results(out: Path, state: GroupState, result: TrainResult, config: TrainConfig) -> None:
-    """The eval split's predictions, the final metrics.json and the plots."""
+def write_results(out: Path, state: GroupState, result: TrainResult, config: TrainConfig, member: int = 0) -> None:
+    """The eval split's predictions, the final metrics.json and the plots of one member."""
     pred = result.predictions
     save_predictions(out / "predictions.npz", pred["video_ids"], pred["frame_prob"], pred["global_prob"],
                      pred["a_prob"], pred["v_prob"])
-    _write_metrics(out, state, config, result.scores)
+    write_metrics(out, state, config, result.scores, member)
     write_plots(out, result.history, result.scores, config)
     result.out_dir = out
 
@@ -253,24 +259,43 @@ def train_run(cache: str, dataset: str, annotations_dir: str | Path, audio: str,
               allow_random_init: bool = False, allow_simulated: bool = False, progress: bool = True,
               overwrite: bool = False) -> TrainResult:
     """Load the pairing for the splits the run needs (checking the run dir first), then train."""
-    from avvp_pipe.pipeline.llp.annotations import load_annotations
-    from avvp_pipe.pipeline.train.pairing import load_pairing, open_pairing_stores
-
     config = config.resolved()
-    require_device(config.device)  # `--device cuda` without a GPU: one line now, not a torch error later
-    annotations = load_annotations(annotations_dir)
-    stores = open_pairing_stores(cache, dataset, audio, visual, visual_3d, allow_random_init=allow_random_init,
-                                 allow_simulated=allow_simulated)
-    identity = run_identity(PairingData(dataset=dataset, stores=stores), annotations, config)
+    annotations, stores = open_identity(cache, dataset, annotations_dir, audio, visual, visual_3d, config,
+                                        allow_random_init=allow_random_init, allow_simulated=allow_simulated)
+    identity = run_identity(stores, annotations, config)
     out = Path(out_dir)
     mode = prepare_out_dir(out, identity, resume=resume, overwrite=overwrite)  # before reading features
     if mode == "finished":
         return finished_result(out)
-    data = load_pairing(cache, dataset, annotations,
-                        [config.train_split, config.select_split, config.eval_split], audio=audio,
-                        visual=visual, visual_3d=visual_3d, allow_random_init=allow_random_init,
-                        allow_simulated=allow_simulated)
+    data = read_features(cache, dataset, annotations, audio, visual, visual_3d, config,
+                         allow_random_init=allow_random_init, allow_simulated=allow_simulated)
     return train_pairing(data, annotations, config, out, resume=resume, progress=progress)
+
+
+def open_identity(cache: str, dataset: str, annotations_dir: str | Path, audio: str, visual: str,
+                  visual_3d: str | None, config: TrainConfig, *, allow_random_init: bool = False,
+                  allow_simulated: bool = False) -> tuple[Annotations, PairingData]:
+    """The annotations and the pairing's stores, no features yet: enough to key run dirs, so a
+    refused or finished run costs no feature read."""
+    from avvp_pipe.pipeline.llp.annotations import load_annotations
+    from avvp_pipe.pipeline.train.pairing import open_pairing_stores
+
+    require_device(config.device)  # `--device cuda` without a GPU: one line now, not a torch error later
+    annotations = load_annotations(annotations_dir)
+    stores = open_pairing_stores(cache, dataset, audio, visual, visual_3d, allow_random_init=allow_random_init,
+                                 allow_simulated=allow_simulated)
+    return annotations, PairingData(dataset=dataset, stores=stores)
+
+
+def read_features(cache: str, dataset: str, annotations: Annotations, audio: str, visual: str,
+                  visual_3d: str | None, config: TrainConfig, *, allow_random_init: bool = False,
+                  allow_simulated: bool = False) -> PairingData:
+    """The pairing's features for the splits a run trains, selects and is scored on."""
+    from avvp_pipe.pipeline.train.pairing import load_pairing
+
+    return load_pairing(cache, dataset, annotations, [config.train_split, config.select_split, config.eval_split],
+                        audio=audio, visual=visual, visual_3d=visual_3d, allow_random_init=allow_random_init,
+                        allow_simulated=allow_simulated)
 
 
 def load_run(run_dir: str | Path) -> tuple[HAN, nn.Linear | None, dict]:
@@ -321,4 +346,5 @@ def summary(result: TrainResult, device: str | None = None) -> str:
 
 
 __all__ = ["RUN_FILES", "run_identity", "prepare_out_dir", "train_pairing", "finished_result", "write_plots",
+           "write_best", "write_metrics", "write_results", "open_identity", "read_features",
            "train_run", "load_run", "summary"]
