@@ -33,6 +33,8 @@ CONFIG_VERSION = 1
 #: LSLD), or 1, one frame a second (VALOR); see preprocess.frame_positions for which frame.
 FRAME_RATES = (8, 1)
 DECODED_FPS = 8
+#: Seconds in an LLP clip: the rows of every audio and 3D store.
+SECONDS_PER_CLIP = 10
 
 
 def resolve_options(spec: ExtractorSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,3 +245,17 @@ class Extractor:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.spec.name!r}, device={self.device}, "
                 f"weights={self.weights_identity!r}, options={self.options})")
+
+
+class PerSecondModes:
+    """Mixin for audio extractors with ``mode=windows`` (each second alone: 10 items a clip)
+    or ``mode=clip`` (the whole clip as one item whose embedding holds all 10 seconds)."""
+
+    @property
+    def items_per_clip(self) -> int:
+        return SECONDS_PER_CLIP if self.options["mode"] == "windows" else 1
+
+    @property
+    def embed_dim(self) -> int:
+        return self.spec.out_dim * (1 if self.options["mode"] == "windows" else SECONDS_PER_CLIP)
+

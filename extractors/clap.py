@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from avvp_pipe.core.errors import AvvpError, WeightsError
 from avvp_pipe.extractors import hub, weights
-from avvp_pipe.extractors.base import Extractor
+from avvp_pipe.extractors.base import Extractor, PerSecondModes
 from avvp_pipe.extractors.registry import ExtractorSpec, register
 
 SECONDS = 10
@@ -171,7 +171,7 @@ def second_weights(n_columns: int, seconds: int = SECONDS) -> torch.Tensor:
     return overlap.float()
 
 
-class ClapExtractor(Extractor):
+class ClapExtractor(PerSecondModes, Extractor):
     """10 items (windows) or 1 item (clip) per clip of log-mel inputs; 10 x 512 out."""
 
     sampling_rule = ("DecodedClip.audio_48k: windows: each 1-s piece through CLAP's 10-s repeat-pad framing; "
@@ -183,14 +183,6 @@ class ClapExtractor(Extractor):
             raise AvvpError(f"Option 'mode' of extractor 'clap': expected one of {', '.join(MODES)} "
                             f"but got {self.options['mode']!r}")
         self.front_end = feature_extractor(self.options["checkpoint"])
-
-    @property
-    def items_per_clip(self) -> int:
-        return SECONDS if self.options["mode"] == "windows" else 1
-
-    @property
-    def embed_dim(self) -> int:
-        return self.spec.out_dim * (1 if self.options["mode"] == "windows" else SECONDS)
 
     def prepare(self, clip: Any) -> torch.Tensor:
         """float32 (10 | 1, channels, 1001, 64) log-mels: channels 4 (fusion: the global mel 4x) or 1."""

@@ -60,7 +60,7 @@ import torch
 
 from avvp_pipe.core.errors import AvvpError, WeightsError, one_line
 from avvp_pipe.extractors import hub, weights
-from avvp_pipe.extractors.base import Extractor
+from avvp_pipe.extractors.base import Extractor, PerSecondModes
 from avvp_pipe.extractors.registry import ExtractorSpec, register, register_alias, register_resolver
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ def fbank_backend() -> str:
     return "torchaudio.compliance.kaldi.fbank" if is_speech_available() else "transformers.audio_utils.spectrogram (numpy)"
 
 
-class HfAudioExtractor(Extractor):
+class HfAudioExtractor(PerSecondModes, Extractor):
     """1 item (``mode=clip``) or 10 items (``windows``) of feature-extractor output per clip; 10 x D out."""
 
     sampling_rule = ("DecodedClip.audio_16k: clip: the whole 10 s once, the last hidden state's time steps "
@@ -284,14 +284,6 @@ class HfAudioExtractor(Extractor):
             self.front_end = _transformers(self.architecture.feature_extractor_class)(**spec.input["feature_extractor"])
         self.grid = dict(spec.input["grid"])
         self.config_identity = config_identity  # sha256 prefix of the repo's config.json (pretrained)
-
-    @property
-    def items_per_clip(self) -> int:
-        return SECONDS if self.options["mode"] == "windows" else 1
-
-    @property
-    def embed_dim(self) -> int:
-        return self.spec.out_dim * (1 if self.options["mode"] == "windows" else SECONDS)
 
     def config(self) -> dict[str, Any]:
         """Extractor.config() plus the repo, revision, config.json identity and, for AST, the fbank code."""

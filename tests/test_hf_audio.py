@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 import avvp_pipe.extractors  # noqa: F401  (registers the families)
 from avvp_pipe.core.errors import AvvpError, WeightsError
+from tests.test_modern_extractors import built  # one cache of built extractors
 from avvp_pipe.extractors import hf_audio, hub, registry
 from tests.test_extractors import make_clip
 from tests.tolerance import float32_atol
@@ -33,14 +34,6 @@ STORED = {name: name.replace("/", "--") for name in (AST, HUBERT, WAV2VEC2)}
 TINY = "avvp-test/tiny-hubert"
 TINY_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
                "conv_dim": (32,) * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}
-_BUILT: dict[tuple, object] = {}
-
-
-def built(name: str, **options):
-    key = (name, tuple(sorted(options.items())))
-    if key not in _BUILT:
-        _BUILT[key] = registry.create(name, random_init=True, **options)
-    return _BUILT[key]
 
 
 # ----------------------------------------------------------------------------------------
