@@ -270,6 +270,23 @@ def test_cli_with_real_annotations(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ resume
+def _frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(np.int16)
+
+
+def _assert_same_video(path: Path, original: bytes, scratch: Path) -> None:
+    """The re-rendered clip is the original one: the same bytes, or (libx264's mb-tree rate control
+    is not bit-reproducible in every process state, see synth's docstring) the same frames within
+    a level or two on average."""
+    if path.read_bytes() == original:
+        return
+    scratch.write_bytes(original)
+    got, want = _frames(path), _frames(scratch)
+    assert got.shape == want.shape
+    assert float(np.abs(got - want).mean()) < 2.0
+
+
 def test_resume_keeps_complete_clips(made: Path, tmp_path: Path) -> None:
     out = tmp_path / "copy"
     (out / "videos").mkdir(parents=True)
@@ -289,7 +306,7 @@ def test_resume_keeps_complete_clips(made: Path, tmp_path: Path) -> None:
     result = synth.synthesize(out, 5, seed=11, **SMALL)
     assert (result.rendered, result.kept, result.replaced) == (2, 3, [corrupt.name])
     assert all(p.stat().st_mtime_ns == before[p] for p in kept)
-    assert removed.read_bytes() == original
+    _assert_same_video(removed, original, tmp_path / "original.mp4")
     assert not stale.exists()
     with pytest.raises(AvvpError, match="seed"):
         synth.synthesize(out, 5, seed=12, **SMALL)
