@@ -76,6 +76,8 @@ def row_errors(reference, low) -> dict[str, float]:
 
 def measure(name: str, extractor, clip, opts, precision: str) -> dict[str, float]:
     """Embed the clip's prepared items in fp32 and in ``precision`` through the engine's batcher."""
+    import torch
+
     from avvp_pipe.pipeline.extract import DEFAULT_BATCH
     from avvp_pipe.pipeline.extract.engine import _Batcher, _channels_last
 
@@ -85,15 +87,9 @@ def measure(name: str, extractor, clip, opts, precision: str) -> dict[str, float
     outputs = {}
     for mode in ("fp32", precision):
         batcher = _Batcher(name, extractor, batch, extractor.device, mode)
-        rows = [batcher._embed([items[i : i + batch]]) for i in range(0, items.shape[0], batch)]
-        outputs[mode] = _concat(rows)
+        rows = [batcher._embed([items[i : i + batch]]) for i in range(0, items.shape[0], batch)]  # CPU tensors
+        outputs[mode] = torch.cat(rows).float().numpy()  # (rows, D)
     return row_errors(outputs["fp32"], outputs[precision])
-
-
-def _concat(parts):
-    import numpy as np
-
-    return np.concatenate([np.asarray(p.float().cpu() if hasattr(p, "float") else p) for p in parts], axis=0)
 
 
 def main(argv: list[str] | None = None) -> dict:
