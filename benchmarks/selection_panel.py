@@ -11,6 +11,12 @@ result recorded when it ran (OUT/pairings/*.json), so a run resumed with ``--res
 ``--workdir``) reports what the whole work cost, not only what was left.
 
     .venv/bin/python benchmarks/selection_panel.py --clips 1200 --epochs 3 --seeds 3 --bootstrap 200
+
+At LLP scale the work is too long for one process on a small CPU box, so it is run as CLI
+commands (``synth-features``, ``select``, ``train``; BENCHMARKS.md lists them) and reported
+from their folders:
+
+    .venv/bin/python benchmarks/selection_panel.py --from-out runs/panel --traditional-run runs/trad
 """
 
 from __future__ import annotations
@@ -58,19 +64,45 @@ def recorded_seconds(out: Path) -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(totals.items())}
 
 
-def table(ranking: dict, seconds: dict[str, float]) -> list[dict]:
-    """Per method: tau vs F2 (and interval), top-1 agreement, relative top-1, recorded seconds."""
+def table(ranking: dict, seconds: dict[str, float], suffix: str = "_vs_f2") -> list[dict]:
+    """Per method: tau vs F2 (or ``suffix`` "_vs_f1": vs F1) with interval, top-1 agreement, relative top-1,
+    recorded seconds."""
     rows = []
     for key, agreement in sorted(ranking["agreement"].items()):
-        if not key.endswith("_vs_f2"):
+        if not key.endswith(suffix):
             continue
-        method = key[: -len("_vs_f2")]
+        method = key[: -len(suffix)]
         protocol = {"f1": "upper-bound"}.get(method, method)
         rows.append({"method": method, "kendall_tau": agreement.get("kendall_tau"),
                      "kendall_tau_ci95": agreement.get("kendall_tau_ci95"), "top1_agree": agreement.get("top1_agree"),
                      "relative_top1": agreement.get("relative_top1"), "seconds": seconds.get(protocol),
                      "bootstrap_seconds": seconds.get(f"{protocol}-bootstrap")})
     return rows
+
+
+def traditional_seconds(run_dir: Path) -> dict:
+    """A finished or partial ``train`` run: epochs done and the seconds they took (metrics.json)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    epochs = metrics.get("epochs") or []
+    total = sum(float(e.get("seconds") or 0.0) for e in epochs)
+    return {"epochs_done": len(epochs), "seconds": round(total, 1),
+            "seconds_per_epoch": round(total / len(epochs), 1) if epochs else None,
+            "finished": bool(metrics.get("eval"))}
+
+
+def report_from(out: Path, run_dir: Path | None) -> dict:
+    """The report of a ``select`` output folder (ranking.json and its saved results), without training."""
+    ranking = json.loads((out / "ranking.json").read_text())
+    seconds = recorded_seconds(out)
+    report = {"score": ranking.get("score"), "seeds": ranking.get("seeds"), "bootstrap": ranking.get("bootstrap"),
+              "recorded_seconds": seconds, "top1_prob": ranking.get("top1_prob"),
+              "methods_vs_f1": table(ranking, seconds, suffix="_vs_f1"), "methods_vs_f2": table(ranking, seconds)}
+    if run_dir is not None:
+        trad = traditional_seconds(run_dir)
+        report["one_traditional_training"] = trad
+        if trad["finished"] and seconds.get("upper-bound"):
+            report["upper_bound_all_pairings_over_one_traditional"] = round(seconds["upper-bound"] / trad["seconds"], 3)
+    return report
 
 
 def main() -> None:
@@ -84,7 +116,18 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", default=None, help="also write the report here")
     parser.add_argument("--resume", action="store_true", help="keep the results already in --workdir")
+    parser.add_argument("--from-out", default=None, help="only report a finished `select` output folder")
+    parser.add_argument("--traditional-run", default=None, help="with --from-out: a `train` run folder of the "
+                        "traditional protocol, timed from its metrics.json")
     args = parser.parse_args()
+    if args.from_out:
+        report = report_from(Path(args.from_out), Path(args.traditional_run) if args.traditional_run else None)
+        print(json.dumps(report, indent=2))
+        if args.json:
+            from avvp_pipe.core.io import atomic_write_json
+
+            atomic_write_json(args.json, report)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*simulated features.*")

@@ -85,7 +85,8 @@ def test_seed_folders_equal_separate_train_runs(world, grouped):
         train_run(world["cache"], "tiny", world["ann_dir"], "a1", "v1", None, replace(CONFIG, seed=seed), alone,
                   allow_simulated=True, progress=False)
         got, want = out / f"seed-{seed}", alone
-        assert {p.name for p in got.iterdir()} == {p.name for p in want.iterdir()} - {"checkpoint.pt"}
+        # the group's checkpoint stands in for the seed's; member.json names the group
+        assert {p.name for p in got.iterdir()} == {p.name for p in want.iterdir()} - {"checkpoint.pt"} | {"member.json"}
         config = json.loads((got / "config.json").read_text())
         assert config == json.loads((want / "config.json").read_text()) and config["train"]["seed"] == seed
         m_got, m_want = _metrics(got), _metrics(want)
@@ -226,6 +227,22 @@ def test_cli_bad_seeds_is_one_line_usage_error(world, tmp_path, bad):
     assert result.exit_code == EXIT_USAGE, result.output
     assert result.output.strip().count("\n") == 0 and "--seeds: expected an integer >= 1" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags", [["--resume"], ["--overwrite"], []])
+def test_cli_seed_folder_alone_is_refused(world, grouped, tmp_path, flags):
+    """A seed folder has no checkpoint of its own: trained as a plain run it would start over outside its
+    group, so train refuses it in one line naming the group, and nothing in it changes."""
+    import shutil
+
+    out = tmp_path / "group"
+    shutil.copytree(grouped["out"], out)
+    before = {p.name: p.read_bytes() for p in (out / "seed-2").iterdir()}
+    result = CliRunner().invoke(cli, _cli_args(world, out / "seed-2", "--seed", "2", *flags))
+    assert result.exit_code == EXIT_INPUT, result.output
+    assert result.output.strip().count("\n") == 0 and "Traceback" not in result.output
+    assert f"is seed 2 of the train --seeds group in {out}" in result.output and "--seeds K --resume" in result.output
+    assert {p.name: p.read_bytes() for p in (out / "seed-2").iterdir()} == before
 
 
 def test_cli_seeds_end_to_end(world, tmp_path):

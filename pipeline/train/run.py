@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 RUN_FILES = ("config.json", "checkpoint.pt", "best.pt", "metrics.json", "predictions.npz",
              "curve.png", "per_class_f1.png")
 
+#: In a run dir trained as one member of a group (``train --seeds``): names the group's folder.
+#: Why: the members share one checkpoint in the group's folder, so a member dir has no
+#: checkpoint.pt; resumed alone it would silently start over, outside its group.
+MEMBER_FILE = "member.json"
+
 
 # ---------------------------------------------------------------------- run dir
 
@@ -53,6 +58,17 @@ def run_identity(data: PairingData, annotations: Annotations, config: TrainConfi
     return {"train": asdict(config), "han": asdict(han_config(data.dims, config)), "cache": cache,
             "dataset": data.dataset, "annotations": str(annotations.root), "stores": data.store_keys(),
             "pairing": data.name, "versions": library_versions()}
+
+
+def _refuse_member(out_dir: Path) -> None:
+    path = out_dir / MEMBER_FILE
+    if not path.is_file():
+        return
+    marker = _read_json(path)
+    group = out_dir.parent if marker.get("group") == ".." else Path(str(marker.get("group")))
+    raise AvvpError(f"{out_dir} is seed {marker.get('seed')} of the train --seeds group in {group} (its checkpoint "
+                    f"is the group's): resume or extend the group with --out {group} --seeds K --resume, or choose "
+                    f"another --out")
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
@@ -73,8 +89,13 @@ def _comparable(identity: Mapping) -> dict:
     return {"train": train, "stores": identity["stores"], "dataset": identity["dataset"], "han": identity["han"]}
 
 
-def prepare_out_dir(out_dir: Path, identity: Mapping, *, resume: bool, overwrite: bool) -> str:
-    """Decide what to do with ``out_dir``: 'fresh', 'resume' or 'finished'; refuse a different run."""
+def prepare_out_dir(out_dir: Path, identity: Mapping, *, resume: bool, overwrite: bool, member: bool = False) -> str:
+    """Decide what to do with ``out_dir``: 'fresh', 'resume' or 'finished'; refuse a different run.
+
+    ``member``: the caller is the group that owns ``out_dir`` (else a group member is refused).
+    """
+    if not member:
+        _refuse_member(out_dir)
     config_path = out_dir / "config.json"
     if not config_path.is_file():
         return "fresh"

@@ -12,7 +12,9 @@ What ``--out OUT`` holds:
   its seed value the same way (``"seed": s``), so seed 3 is ``seed-3`` whatever K is.
 - ``OUT/seeds-checkpoint.pt``: the group's state after its last epoch (one file: the members
   share one optimizer and one RNG stream, so their states cannot be resumed apart). It alone
-  decides where ``--resume`` continues; the seed folders hold no checkpoint.pt of their own.
+  decides where ``--resume`` continues; the seed folders hold no checkpoint.pt of their own,
+  and their ``member.json`` makes a plain ``train --out OUT/seed-<s>`` refuse them (it would
+  start that seed over outside its group).
 - ``OUT/seeds.json``: per reported metric the mean, sd, the K values and a 95% Student-t
   interval of the mean (:func:`seed_summary`, which ``select --seeds`` uses too).
 """
@@ -139,7 +141,7 @@ def seed_states(out: Path, identities: Mapping[int, dict], *, resume: bool, over
     states = {}
     for seed, identity in identities.items():
         folder = seed_dir(out, seed)
-        run.prepare_out_dir(folder, identity, resume=resume, overwrite=overwrite)
+        run.prepare_out_dir(folder, identity, resume=resume, overwrite=overwrite, member=True)
         started = (folder / "config.json").is_file()
         states[seed] = "finished" if started and _is_finished(folder) else ("started" if started else "fresh")
     return states
@@ -216,6 +218,8 @@ def _train_group(data: PairingData, annotations: Annotations, config: TrainConfi
     for seed in seeds:
         seed_dir(out, seed).mkdir(parents=True, exist_ok=True)
         atomic_write_json(seed_dir(out, seed) / "config.json", identities[seed])
+        marker = {"group": "..", "seed": seed, "checkpoint": CHECKPOINT}
+        atomic_write_json(seed_dir(out, seed) / run.MEMBER_FILE, marker)
     with engine.determinism(config):
         state = engine.new_state([Member(data, s) for s in seeds], config)
         note = _resume(state, out, config) if resumed else None
