@@ -273,10 +273,11 @@ def _direct_log_evidence(f: np.ndarray, y: np.ndarray, alpha: float, beta: float
     return float(-0.5 * (n * np.log(2 * np.pi) + logdet + y @ np.linalg.solve(cov, y)))
 
 
-@pytest.mark.parametrize("n,d", [(40, 6), (12, 20)])  # more samples than features, and fewer
-def test_logme_evidence_is_the_closed_form_at_its_maximum(n, d):
+# more samples than features, fewer, and rank-deficient both ways (both Gram branches)
+@pytest.mark.parametrize("n,d,rank", [(40, 6, None), (12, 20, None), (30, 50, 8), (60, 20, 5)])
+def test_logme_evidence_is_the_closed_form_at_its_maximum(n, d, rank):
     rng = np.random.default_rng(n)
-    f = rng.standard_normal((n, d))
+    f = rng.standard_normal((n, d)) if rank is None else rng.standard_normal((n, rank)) @ rng.standard_normal((rank, d))
     y = np.stack([f @ rng.standard_normal(d) + 0.5 * rng.standard_normal(n), rng.integers(0, 2, n)], 1).astype(float)
     score, fits = logme.logme(f, y)
     assert score == pytest.approx(np.mean([e.log_evidence for e in fits]))
@@ -289,6 +290,19 @@ def test_logme_evidence_is_the_closed_form_at_its_maximum(n, d):
     best = _direct_log_evidence(f, y[:, 0], fit.alpha, fit.beta)
     for da, db in [(1.3, 1), (1 / 1.3, 1), (1, 1.3), (1, 1 / 1.3)]:  # a maximum over (alpha, beta)
         assert _direct_log_evidence(f, y[:, 0], fit.alpha * da, fit.beta * db) < best
+
+
+@pytest.mark.parametrize("n,d", [(40, 6), (12, 20), (30, 50)])
+def test_logme_spectrum_equals_the_thin_svd(n, d):
+    """The Gram-matrix eigendecomposition gives the thin SVD's squared singular values and U^T y."""
+    rng = np.random.default_rng(d)
+    f, y = rng.standard_normal((n, d)), rng.standard_normal((n, 3))
+    s, uty = logme._spectrum(f, y)
+    u, sv, _ = np.linalg.svd(f, full_matrices=False)
+    order = np.argsort(s)[::-1]
+    np.testing.assert_allclose(s[order], sv**2, rtol=1e-10)
+    # each column of U is fixed up to sign: compare |U^T y|, a float64 product of length n
+    np.testing.assert_allclose(np.abs(uty[order]), np.abs(u.T @ y), rtol=1e-8, atol=1e-10)
 
 
 def test_logme_prefers_informative_features():
