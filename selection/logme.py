@@ -6,7 +6,7 @@ evidence p(y | F, alpha, beta) with MacKay's fixed-point updates, and reports th
 log evidence divided by N. The score of a feature set is the mean over label columns.
 
 Why here: ranking M x K pairings by training HAN on each costs minutes per pairing; LogME
-costs one SVD per pairing. avvp-pipe reports it beside the upper bound so a user can see
+costs one eigendecomposition per pairing. avvp-pipe reports it beside the upper bound so a user can see
 whether the cheap score ranks pairings the same way.
 
 Everything is done in the eigenbasis of F^T F, from one symmetric eigendecomposition of the
@@ -56,7 +56,7 @@ def _posterior(alpha: float, beta: float, s: np.ndarray, uty: np.ndarray, yy: fl
 
 
 def log_evidence(alpha: float, beta: float, s: np.ndarray, uty: np.ndarray, yy: float, n: int, d: int) -> float:
-    """log p(y | F, alpha, beta): the evidence of Bishop (3.86), in the SVD basis of F."""
+    """log p(y | F, alpha, beta): the evidence of Bishop (3.86), in the singular basis of F."""
     _, mm, residual = _posterior(alpha, beta, s, uty, yy)
     log_det = float(np.log(alpha + beta * s).sum()) + (d - len(s)) * math.log(alpha)  # log |A|
     return (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - beta / 2 * residual - alpha / 2 * mm

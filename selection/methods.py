@@ -18,7 +18,7 @@ FREE = ("logme", "hscore", "transrate", "knn", "cca")
 METHODS = ("upper-bound", *FREE, "both")
 ALIASES = {"both": ("upper-bound", "logme")}
 #: What each free method costs, for the results table.
-COST = {"logme": "one SVD per pairing", "hscore": "one d x d eigh per pairing",
+COST = {"logme": "one Gram eigendecomposition per pairing", "hscore": "one d x d eigh per pairing",
         "transrate": "51 small eighs per pairing", "knn": "one N x N similarity per pairing",
         "cca": "one CCA on half the clips per pairing"}
 
