@@ -6,17 +6,17 @@ evidence p(y | F, alpha, beta) with MacKay's fixed-point updates, and reports th
 log evidence divided by N. The score of a feature set is the mean over label columns.
 
 Why here: ranking M x K pairings by training HAN on each costs minutes per pairing; LogME
-costs one eigendecomposition per pairing. avvp-pipe reports it beside the upper bound so a user can see
-whether the cheap score ranks pairings the same way.
+costs one eigendecomposition per pairing. avvp-pipe reports it beside the upper bound so a
+user can see whether the cheap score ranks pairings the same way.
 
 Everything is done in the eigenbasis of F^T F, from one symmetric eigendecomposition of the
 smaller Gram matrix (F F^T or F^T F, min(N, D) square), so each update is O(min(N, D)). That
 is about 5x faster than the thin SVD of F that earlier versions used (760 x 2560: 0.22 s vs
 1.1 s on one core), which matters because ``--bootstrap`` repeats it per resample; the
 eigenvalues agree to ~1e-15 of the largest, and directions below ``max(N, D) * eps`` of the
-largest are dropped as numerically zero (their evidence terms are alpha's alone). The evidence is evaluated at the converged (alpha, beta) with the posterior
-mean recomputed there, so it equals the closed-form Gaussian marginal likelihood exactly
-(tested against ``log N(y; 0, F F^T / alpha + I / beta)``).
+largest are dropped as numerically zero (their evidence terms are alpha's alone). The
+evidence is evaluated at the converged (alpha, beta) with the posterior mean recomputed
+there, so it equals the closed-form Gaussian marginal likelihood exactly (tested against ``log N(y; 0, F F^T / alpha + I / beta)``).
 """
 
 from __future__ import annotations
@@ -82,14 +82,12 @@ def _spectrum(f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(s, U^T y): the nonzero eigenvalues of F^T F (squared singular values of F) and y in F's left
     singular basis, from the eigendecomposition of the smaller Gram matrix."""
     n, d = f.shape
-    if n <= d:
-        s, u = np.linalg.eigh(f @ f.T)  # (N,), (N, N): U directly
-        keep = s > s.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
-        return s[keep], u[:, keep].T @ y
-    s, v = np.linalg.eigh(f.T @ f)  # (D,), (D, D): U = F V / sqrt(s), so U^T y = V^T F^T y / sqrt(s)
+    s, vecs = np.linalg.eigh(f @ f.T if n <= d else f.T @ f)  # (r0,), (r0, r0): U if n <= d, else V
     keep = s > s.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
-    s, v = s[keep], v[:, keep]
-    return s, (v.T @ (f.T @ y)) / np.sqrt(s)[:, None]
+    s, vecs = s[keep], vecs[:, keep]
+    if n <= d:
+        return s, vecs.T @ y
+    return s, (vecs.T @ (f.T @ y)) / np.sqrt(s)[:, None]  # U = F V / sqrt(s), so U^T y = V^T F^T y / sqrt(s)
 
 
 def logme(features: np.ndarray, targets: np.ndarray) -> tuple[float, list[Evidence]]:
