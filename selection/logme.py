@@ -16,7 +16,8 @@ is about 5x faster than the thin SVD of F that earlier versions used (760 x 2560
 eigenvalues agree to ~1e-15 of the largest, and directions below ``max(N, D) * eps`` of the
 largest are dropped as numerically zero (their evidence terms are alpha's alone). The
 evidence is evaluated at the converged (alpha, beta) with the posterior mean recomputed
-there, so it equals the closed-form Gaussian marginal likelihood exactly (tested against ``log N(y; 0, F F^T / alpha + I / beta)``).
+there, so it equals the closed-form Gaussian marginal likelihood exactly (tested against
+``log N(y; 0, F F^T / alpha + I / beta)``).
 """
 
 from __future__ import annotations
