@@ -82,7 +82,9 @@ def table(ranking: dict, seconds: dict[str, float], suffix: str = "_vs_f2") -> l
 
 def traditional_seconds(run_dir: Path) -> dict:
     """A finished or partial ``train`` run: epochs done and the seconds they took (metrics.json)."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    from avvp_pipe.core.io import read_json
+
+    metrics = read_json(run_dir / "metrics.json")
     epochs = metrics.get("epochs") or []
     total = sum(float(e.get("seconds") or 0.0) for e in epochs)
     return {"epochs_done": len(epochs), "seconds": round(total, 1),
@@ -92,7 +94,9 @@ def traditional_seconds(run_dir: Path) -> dict:
 
 def report_from(out: Path, run_dir: Path | None) -> dict:
     """The report of a ``select`` output folder (ranking.json and its saved results), without training."""
-    ranking = json.loads((out / "ranking.json").read_text())
+    from avvp_pipe.core.io import read_json
+
+    ranking = read_json(out / "ranking.json")
     seconds = recorded_seconds(out)
     report = {"score": ranking.get("score"), "seeds": ranking.get("seeds"), "bootstrap": ranking.get("bootstrap"),
               "recorded_seconds": seconds, "top1_prob": ranking.get("top1_prob"),
@@ -103,6 +107,15 @@ def report_from(out: Path, run_dir: Path | None) -> dict:
         if trad["finished"] and seconds.get("upper-bound"):
             report["upper_bound_all_pairings_over_one_traditional"] = round(seconds["upper-bound"] / trad["seconds"], 3)
     return report
+
+
+def emit(report: dict, path: str | None) -> None:
+    """Print the report; also write it to ``path`` when given."""
+    print(json.dumps(report, indent=2))
+    if path:
+        from avvp_pipe.core.io import atomic_write_json
+
+        atomic_write_json(path, report)
 
 
 def main() -> None:
@@ -121,12 +134,7 @@ def main() -> None:
                         "traditional protocol, timed from its metrics.json")
     args = parser.parse_args()
     if args.from_out:
-        report = report_from(Path(args.from_out), Path(args.traditional_run) if args.traditional_run else None)
-        print(json.dumps(report, indent=2))
-        if args.json:
-            from avvp_pipe.core.io import atomic_write_json
-
-            atomic_write_json(args.json, report)
+        emit(report_from(Path(args.from_out), Path(args.traditional_run) if args.traditional_run else None), args.json)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,11 +171,7 @@ def main() -> None:
             round(upper / one, 2) if upper else None,
         "recorded_seconds": seconds, "methods": table(ranking, seconds), "truth_order_top": [r["pairing"] for r in ranking["pairings"][:3]],
     }
-    print(json.dumps(report, indent=2))
-    if args.json:
-        from avvp_pipe.core.io import atomic_write_json
-
-        atomic_write_json(args.json, report)
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

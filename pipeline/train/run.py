@@ -64,8 +64,7 @@ def _refuse_member(out_dir: Path) -> None:
     path = out_dir / MEMBER_FILE
     if not path.is_file():
         return
-    marker = _read_json(path)
-    group = out_dir.parent if marker.get("group") == ".." else Path(str(marker.get("group")))
+    marker, group = _read_json(path), out_dir.parent  # a member dir is always OUT/seed-<s>
     raise AvvpError(f"{out_dir} is seed {marker.get('seed')} of the train --seeds group in {group} (its checkpoint "
                     f"is the group's): resume or extend the group with --out {group} --seeds K --resume, or choose "
                     f"another --out")
